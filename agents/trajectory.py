@@ -1,0 +1,45 @@
+"""Typed records of what rollouts produced: steps and trajectories."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Step:
+    """One LLM call and the env step it drove."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # sampling log-probs of response_ids
+    response_text: str
+    reward: float
+    anchor: Hashable
+    invalid_action: bool = False
+    response_truncated: bool = False  # hit max_new_tokens before EOS
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    """One episode: a group member when several share ``task_id``."""
+
+    task_id: Hashable
+    group: int  # index of the task within the batch; rollouts of one group share it
+    sample: int  # index of this rollout within its group
+    steps: list[Step] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    truncation_reason: str | None = None
+    success: bool = False
+
+    @property
+    def episode_return(self) -> float:
+        """Undiscounted sum of step rewards."""
+        return float(sum(s.reward for s in self.steps))
+
+    @property
+    def length(self) -> int:
+        """Number of env steps taken."""
+        return len(self.steps)

@@ -1,0 +1,1 @@
+"""Benchmarks: evaluation suites, layer sweeps and speed/memory benchmarks."""

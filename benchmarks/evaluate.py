@@ -1,0 +1,91 @@
+"""``onelayer eval``: score a base model or a trained run on an env's evaluation split, reproducibly.
+
+The item list is fixed (items ``0..N-1`` of the eval split) and decoding is
+greedy by default, so the same model gives the same number every time. The
+result JSON has the domain's metric as a top-level key (``accuracy`` for
+math, ``pass@1`` for code, ``success_rate`` for agentic envs), the settings,
+and every item's outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from onelayer.agents.engine import HFEngine
+from onelayer.agents.evaluation import METRIC_OF_DOMAIN, evaluate_policy
+from onelayer.agents.models import load_model
+from onelayer.agents.prompts import PromptBuilder
+from onelayer.envs import env_domain
+from onelayer.errors import UserError
+from onelayer.io import atomic_write_json
+from onelayer.training import checkpoint as ckpt
+from onelayer.training.config import TrainConfig
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """Load a run's base model with its trained tensors applied; returns (model, tokenizer, config)."""
+    stored = ckpt.read_run_config(run_dir)
+    config = TrainConfig.from_dict(stored["config"], where=f"{run_dir}/config.json")
+    model, tok, _ = load_model(config.model, device, dtype)
+    ckpt.load_trained(model, Path(run_dir) / ckpt.TRAINED_FILE)
+    return model, tok, config
+
+
+def evaluate(
+    run: str | None = None, model: str | None = None, env: str | None = None, env_kwargs: dict | None = None,
+    out: str | None = None, num_items: int | None = None, max_new_tokens: int | None = None, temperature: float = 0.0,
+    seed: int = 0, batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
+    prompt_template: str | None = None, system_prompt: str | None = None, max_turns: int | None = None,
+) -> dict:
+    """Evaluate a run directory (``run``) or a model (``model``); write JSON to ``out`` when given; return the result."""
+    import gymnasium as gym
+
+    if (run is None) == (model is None):
+        raise UserError("pass exactly one of --run RUN_DIR or --model MODEL")
+    config = None
+    if run is not None:
+        config = TrainConfig.from_dict(ckpt.read_run_config(run)["config"], where=f"{run}/config.json")
+        env = env or config.env
+        env_kwargs = config.env_kwargs if env_kwargs is None else env_kwargs
+        max_new_tokens = max_new_tokens or config.eval_max_new_tokens or config.max_new_tokens
+        prompt_template = prompt_template or config.prompt_template
+        system_prompt = system_prompt or config.system_prompt
+        max_turns = max_turns or config.max_turns
+        num_items = num_items or config.eval_size
+        batch_size = batch_size or config.rollout_batch_size
+    env = env or "onelayer/Math-v0"
+    if env not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
+        raise UserError(f"unknown env id {env!r}: onelayer envs are {', '.join(known)}")
+    num_items = 256 if num_items is None else num_items
+    batch_size = batch_size or 64
+    if num_items < 1:
+        raise UserError(f"--num-items must be >= 1, got {num_items}")
+    max_new_tokens = max_new_tokens or 20
+    if run is not None:
+        mdl, tok, _ = load_run_model(run, device, dtype)
+    else:
+        mdl, tok, _ = load_model(model, device, dtype)
+    domain = env_domain(env)
+    prompts = PromptBuilder.for_domain(tok, domain, prompt_template, system_prompt)
+    engine = HFEngine(mdl, tok, max_batch_size=batch_size)
+    t = time.time()
+    res = evaluate_policy(engine, prompts, env, env_kwargs, num_items=num_items, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, batch_size=batch_size, max_turns=max_turns,
+                          metric=METRIC_OF_DOMAIN.get(domain, "success_rate"))
+    result = res.to_dict()
+    result.update({
+        "metric": res.metric, "env": env, "env_kwargs": env_kwargs or {}, "domain": domain,
+        "model": config.model if config else model, "run": str(run) if run else None,
+        "layers": config.layers if config else None,
+        "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                     "num_items": num_items, "item_list": f"eval split items 0..{num_items - 1}",
+                     "torch": torch.__version__},
+        "time_s": time.time() - t,
+    })
+    if out:
+        atomic_write_json(out, result)
+    return result

@@ -1,0 +1,53 @@
+"""onelayer environments: Gymnasium text envs registered under ``onelayer/...``.
+
+Contract (every onelayer env): ``reset(seed=..., options={"task_id": ...})``
+-> ``(obs: str, info)``; ``step(action: str)`` -> ``(obs, reward, terminated,
+truncated, info)``. ``info`` carries ``task_id`` (equal for equal seeds: it
+forms GRPO groups), ``anchor`` (a hashable key of the current state),
+``won``/``success`` and ``invalid_action`` after a step. An env may also expose
+``num_tasks`` (size of a finite split) and ``metadata["onelayer_domain"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """What `onelayer envs list` shows about a registered env."""
+
+    env_id: str
+    domain: str
+    data: str
+    entry_point: str
+    max_episode_steps: int
+
+
+ENVS: dict[str, EnvEntry] = {}
+
+
+def register(env_id: str, entry_point: str, domain: str, data: str, max_episode_steps: int, **kwargs) -> None:
+    """Register a onelayer env with Gymnasium (idempotent) and in onelayer's table."""
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs or None)
+    ENVS[env_id] = EnvEntry(env_id, domain, data, entry_point, max_episode_steps)
+
+
+register(
+    "onelayer/Math-v0", "onelayer.envs.math_env:MathEnv", domain="math",
+    data="procedural generator (offline, levels 1-5); gsm8k / math500 via datasets; local jsonl/parquet",
+    max_episode_steps=1,
+)
+
+
+def env_domain(env_id: str) -> str:
+    """The domain (math, code, agentic, ...) of a registered env id."""
+    if env_id in ENVS:
+        return ENVS[env_id].domain
+    spec = gym.registry.get(env_id)
+    if spec is None:
+        raise KeyError(env_id)
+    return "agentic"

@@ -1,0 +1,1 @@
+"""Training: layer selection, advantages, losses and the group RL trainer."""

@@ -1,0 +1,294 @@
+"""Layer selection: which parameters of a decoder-only model RL may update.
+
+A *layer* is one decoder block (attention, MLP and norms), as in the paper.
+Spec grammar for ``--layers``::
+
+    15          one block (negative counts from the end: -1 is the last)
+    12,14,16    a list
+    12-16       an inclusive range
+    middle      block L // 2
+    mid:K       the K middle blocks, floor(L/2 - K/2) <= l < floor(L/2 + K/2)
+    all         every block
+    none        nothing (a no-training control)
+    15.mlp      a sub-module of a block (``attn`` / ``mlp`` / ``norm`` or the
+                model's own child name, e.g. ``15.self_attn.q_proj``)
+    re:REGEX    every parameter whose name matches REGEX (``re.search``)
+
+Embeddings, the final norm and the LM head stay frozen unless named in
+``also_train`` (``embeddings``, ``final_norm``, ``lm_head``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from onelayer.errors import UserError
+
+# Common names for a block's sub-modules, so `15.attn` works across families.
+_SUBMODULE_ALIASES = {
+    "attn": ("self_attn", "attn", "attention", "self_attention"),
+    "mlp": ("mlp", "feed_forward", "ffn"),
+    "norm": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+             "post_feedforward_layernorm", "ln_1", "ln_2", "norm"),
+}
+_EXTRA_TARGETS = ("embeddings", "final_norm", "lm_head")
+
+
+@dataclass
+class LayerSelection:
+    """The resolved selection: which blocks and exactly which parameter names train."""
+
+    spec: str
+    num_layers: int
+    blocks_path: str
+    layer_indices: list[int]
+    param_names: list[str]
+    num_trainable: int
+    num_total: int
+    also_train: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        """Trainable parameters as a fraction of all parameters."""
+        return self.num_trainable / max(self.num_total, 1)
+
+    @property
+    def lowest_layer(self) -> int | None:
+        """Index of the lowest trained block (None when only non-block params train)."""
+        return min(self.layer_indices) if self.layer_indices else None
+
+    def describe(self) -> str:
+        """One line for the console: what trains and how much of the model that is."""
+        if self.layer_indices:
+            what = f"layers {_compact(self.layer_indices)} of {self.num_layers}"
+        else:
+            what = "no decoder layers" if not self.param_names else "selected parameters"
+        extra = f" + {', '.join(self.also_train)}" if self.also_train else ""
+        return (f"training {what}{extra} ({self.spec!r}): {self.num_trainable:,} of "
+                f"{self.num_total:,} parameters ({100 * self.fraction:.2f}%)")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary stored in a run's config."""
+        return {
+            "spec": self.spec, "num_layers": self.num_layers, "blocks_path": self.blocks_path,
+            "layer_indices": self.layer_indices, "num_trainable": self.num_trainable,
+            "num_total": self.num_total, "fraction": self.fraction, "also_train": self.also_train,
+            "num_param_tensors": len(self.param_names),
+        }
+
+
+def _compact(indices: list[int]) -> str:
+    if len(indices) > 2 and indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}-{indices[-1]}"
+    return ",".join(map(str, indices))
+
+
+def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (dotted path, ModuleList) of the model's decoder blocks.
+
+    Looks for the ModuleList whose length equals ``config.num_hidden_layers``
+    (or, without a config, the longest ModuleList of same-class modules).
+    """
+    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(m) for m in module}
+            if len(kinds) == 1:
+                candidates.append((name, module))
+    if expected is not None:
+        matching = [c for c in candidates if len(c[1]) == expected]
+        if matching:
+            # The shallowest match is the stack itself (not a list nested inside a block).
+            return min(matching, key=lambda c: c[0].count("."))
+    if candidates and expected is None:
+        return max(candidates, key=lambda c: len(c[1]))
+    raise UserError(
+        f"cannot find the decoder blocks of {type(model).__name__}: onelayer needs a decoder-only "
+        "model whose blocks form an nn.ModuleList (Llama, Qwen2/3, Mistral, Gemma, Phi, ...); "
+        "select parameters by name instead with --layers 're:PATTERN'"
+    )
+
+
+def _resolve_index(token: str, num_layers: int, spec: str) -> int:
+    try:
+        idx = int(token)
+    except ValueError:
+        raise UserError(
+            f"bad layer spec {spec!r}: {token!r} is not a layer index; use e.g. 15, -1, 12,14,16, "
+            "12-16, middle, mid:4, all, none, 15.mlp or re:PATTERN"
+        ) from None
+    if not -num_layers <= idx < num_layers:
+        raise UserError(
+            f"layer {idx} is out of range in {spec!r}: the model has {num_layers} layers, valid "
+            f"indices are 0..{num_layers - 1} (or -{num_layers}..-1 from the end)"
+        )
+    return idx % num_layers
+
+
+def parse_layer_spec(spec: str, num_layers: int) -> tuple[list[int], dict[int, list[str]] | None, str | None]:
+    """Parse a spec into (block indices, sub-module filters per index or None, regex or None).
+
+    Pure function of the spec and the number of layers, so it can be validated
+    before a model is loaded.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("empty layer spec: use e.g. --layers 15, middle, all or none")
+    if spec.startswith("re:"):
+        pattern = spec[3:]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"bad regular expression in --layers {spec!r}: {e}") from None
+        return [], None, pattern
+    low = spec.lower()
+    if low == "none":
+        return [], None, None
+    if low == "all":
+        return list(range(num_layers)), None, None
+    if low == "middle":
+        return [num_layers // 2], None, None
+    if low.startswith("mid:"):
+        try:
+            k = int(low[4:])
+        except ValueError:
+            raise UserError(f"bad layer spec {spec!r}: mid:K needs an integer K, e.g. mid:4") from None
+        if not 1 <= k <= num_layers:
+            raise UserError(f"bad layer spec {spec!r}: K must be in 1..{num_layers}")
+        start = (num_layers - k) // 2  # floor(L/2 - K/2) for integers
+        return list(range(start, start + k)), None, None
+
+    indices: list[int] = []
+    subs: dict[int, list[str]] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise UserError(f"bad layer spec {spec!r}: empty item between commas")
+        sub = None
+        if "." in part:
+            part, sub = part.split(".", 1)
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            a, b = (_resolve_index(x, num_layers, spec) for x in m.groups())
+            if a > b:
+                raise UserError(f"bad layer range {part!r} in {spec!r}: start must be <= end")
+            new = list(range(a, b + 1))
+        else:
+            new = [_resolve_index(part, num_layers, spec)]
+        for i in new:
+            if i not in indices:
+                indices.append(i)
+            if sub is not None:
+                subs.setdefault(i, []).append(sub)
+            else:
+                subs.setdefault(i, []).append("")
+    any_sub = any(s for v in subs.values() for s in v)
+    return sorted(indices), (subs if any_sub else None), None
+
+
+def _submodule_prefixes(block: nn.Module, sub: str, spec: str) -> list[str]:
+    children = dict(block.named_children())
+    head, _, rest = sub.partition(".")
+    names = [head] if head in children else [n for n in _SUBMODULE_ALIASES.get(head, ()) if n in children]
+    if not names:
+        raise UserError(
+            f"bad layer spec {spec!r}: block {type(block).__name__} has no sub-module {head!r}; "
+            f"its sub-modules are {', '.join(children)} (aliases: attn, mlp, norm)"
+        )
+    return [f"{n}.{rest}" if rest else n for n in names]
+
+
+def select_parameters(model: nn.Module, spec: str, also_train: list[str] | tuple[str, ...] = ()) -> LayerSelection:
+    """Resolve ``spec`` on ``model`` (without changing it) into a LayerSelection."""
+    also_train = [a.strip() for a in also_train if a.strip()]
+    for a in also_train:
+        if a not in _EXTRA_TARGETS:
+            raise UserError(f"unknown --also-train target {a!r}: choose from {', '.join(_EXTRA_TARGETS)}")
+    named = list(model.named_parameters())  # tied weights appear once
+    blocks_path, blocks = "", None
+    num_layers = 0
+    if not str(spec).startswith("re:"):
+        blocks_path, blocks = find_decoder_blocks(model)
+        num_layers = len(blocks)
+    else:
+        try:
+            blocks_path, blocks = find_decoder_blocks(model)
+            num_layers = len(blocks)
+        except UserError:
+            pass
+    indices, subs, pattern = parse_layer_spec(spec, num_layers)
+
+    selected: list[str] = []
+    if pattern is not None:
+        rx = re.compile(pattern)
+        selected = [n for n, _ in named if rx.search(n)]
+        if not selected:
+            raise UserError(f"--layers {spec!r} matches no parameter name of {type(model).__name__}")
+        if blocks is not None:
+            for n in selected:
+                m = re.match(re.escape(blocks_path) + r"\.(\d+)\.", n)
+                if m and int(m.group(1)) not in indices:
+                    indices.append(int(m.group(1)))
+            indices.sort()
+    else:
+        prefixes: list[str] = []
+        for i in indices:
+            wanted = (subs or {}).get(i, [""])
+            if "" in wanted:
+                prefixes.append(f"{blocks_path}.{i}.")
+                continue
+            for s in wanted:
+                for p in _submodule_prefixes(blocks[i], s, spec):
+                    prefixes.append(f"{blocks_path}.{i}.{p}")
+        selected = [n for n, _ in named if any(n.startswith(p) if p.endswith(".") else (n == p or n.startswith(p + ".")) for p in prefixes)]
+        if indices and not selected:
+            raise UserError(f"--layers {spec!r} selects no parameters of {type(model).__name__}")
+
+    extra = _extra_param_names(model, named, blocks_path, also_train)
+    for n in extra:
+        if n not in selected:
+            selected.append(n)
+    sizes = {n: p.numel() for n, p in named}
+    return LayerSelection(
+        spec=str(spec), num_layers=num_layers, blocks_path=blocks_path, layer_indices=indices,
+        param_names=selected, num_trainable=sum(sizes[n] for n in selected),
+        num_total=sum(sizes.values()), also_train=also_train,
+    )
+
+
+def _extra_param_names(model: nn.Module, named, blocks_path: str, also_train: list[str]) -> list[str]:
+    if not also_train:
+        return []
+    ids = {}
+    if "embeddings" in also_train:
+        emb = model.get_input_embeddings()
+        ids.update({id(p): "embeddings" for p in emb.parameters()})
+    if "lm_head" in also_train:
+        head = model.get_output_embeddings()
+        if head is None:
+            raise UserError(f"{type(model).__name__} has no LM head to train")
+        ids.update({id(p): "lm_head" for p in head.parameters()})
+    out = [n for n, p in named if id(p) in ids]
+    if "final_norm" in also_train:
+        body_prefix = blocks_path.rsplit(".", 1)[0] + "." if "." in blocks_path else ""
+        norms = [n for n, _ in named if n.startswith(body_prefix) and not n.startswith(blocks_path + ".")
+                 and re.search(r"(^|\.)(norm|final_layernorm|ln_f)\.", n)]
+        if not norms:
+            raise UserError(f"cannot find the final norm of {type(model).__name__}")
+        out += norms
+    return out
+
+
+def apply_selection(model: nn.Module, selection: LayerSelection) -> list[nn.Parameter]:
+    """Freeze everything except the selection; return the trainable parameters in name order."""
+    chosen = set(selection.param_names)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+        if name in chosen:
+            params.append(p)
+    return params

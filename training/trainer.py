@@ -1,0 +1,531 @@
+"""The group RL trainer: sample G rollouts per task, compute advantages, update the selected layers.
+
+One step::
+
+    rollouts (engine, no grad) -> rewards -> group advantages (pure function)
+    -> PPO-clipped loss on response tokens (micro-batched) -> AdamW on the
+    selected parameters only -> proof that they moved -> metrics.jsonl
+
+Only the selected parameters require grad, so no autograd graph is built for
+the blocks below the lowest trained one and the optimizer holds state for the
+selection alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from onelayer.agents.engine import HFEngine, SamplingParams
+from onelayer.agents.evaluation import METRIC_OF_DOMAIN, EvalResult, evaluate_policy
+from onelayer.agents.models import load_model
+from onelayer.agents.prompts import PromptBuilder
+from onelayer.agents.rollout import EpisodeSpec, collect
+from onelayer.agents.trajectory import Trajectory
+from onelayer.envs import env_domain
+from onelayer.errors import TrainingError, UserError
+from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from onelayer.training import checkpoint as ckpt
+from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, no_signal_groups
+from onelayer.training.config import TrainConfig
+from onelayer.training.layers import LayerSelection, apply_selection, select_parameters
+from onelayer.training.logprobs import response_logprobs
+from onelayer.training.losses import agg_norm, aggregate, kl_k3, ppo_clip_token_loss
+
+# Options that may differ when resuming (everything else must match the stored run).
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "save_total_limit", "report_to", "eval_size", "device"}
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts: per-step seeds make resumed runs sample exactly as uninterrupted ones."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    steps: int
+    selection: LayerSelection
+    final_eval: dict | None
+    metrics: list[dict]
+
+
+@dataclass
+class _Row:
+    """One LLM call of a rollout, ready for the loss."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    advantage: float
+
+
+def _load_reward_funcs(specs: list[str]):
+    funcs = []
+    for spec in specs:
+        mod, _, name = spec.partition(":")
+        try:
+            funcs.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"cannot import reward function {spec!r}: {e}") from None
+    return funcs
+
+
+class Trainer:
+    """Holds the model, optimizer and run directory of one RL run."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, model=None, tokenizer=None):
+        config.validate()
+        self.config = config
+        self.run_dir = Path(config.out or config.default_out())
+        self._prepare_run_dir(resume)
+        torch.manual_seed(config.seed)
+        if model is None:
+            model, tokenizer, source = load_model(config.model, config.device, config.dtype)
+            self.model_source = source.describe()
+        else:
+            self.model_source = f"{type(model).__name__} (passed in)"
+        self.model, self.tokenizer = model, tokenizer
+        self.model.eval()
+        self.selection = select_parameters(model, config.layers, config.also_train)
+        self.params = apply_selection(model, self.selection)
+        self.param_names = list(self.selection.param_names)
+        self.domain = env_domain(config.env)
+        self.metric = METRIC_OF_DOMAIN.get(self.domain, "success_rate")
+        self.optimizer = (torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+                          if self.params else None)
+        self._check_optimizer()
+        # Reference weights: the initial values of the trained tensors only (the rest never change).
+        self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
+        self.engine = HFEngine(model, tokenizer, max_batch_size=config.rollout_batch_size)
+        self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt)
+        self.reward_funcs = _load_reward_funcs(config.reward_funcs)
+        self.envs = self._make_envs()
+        self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
+        self.start_step = 0
+        self.sinks = _Sinks(config.report_to, self.run_dir, config)
+        if resume:
+            self._resume()
+        else:
+            self._write_config()
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_run_dir(self, resume: bool) -> None:
+        rd = self.run_dir
+        if resume:
+            if not (rd / ckpt.CONFIG_FILE).is_file():
+                raise UserError(f"cannot resume: {rd} has no {ckpt.CONFIG_FILE}; start the run without --resume")
+            stored = TrainConfig.from_dict(ckpt.read_run_config(rd)["config"], where=str(rd / ckpt.CONFIG_FILE))
+            diffs = [k for k in TrainConfig.field_names()
+                     if k not in RESUMABLE_CHANGES | {"out"} and getattr(stored, k) != getattr(self.config, k)]
+            if diffs:
+                raise UserError(
+                    f"cannot resume {rd} with different options: {', '.join(diffs)} "
+                    f"(stored: {', '.join(f'{k}={getattr(stored, k)!r}' for k in diffs)}); only "
+                    f"{', '.join(sorted(RESUMABLE_CHANGES))} may change")
+        elif (rd / ckpt.METRICS_FILE).exists() or (rd / ckpt.CONFIG_FILE).exists():
+            raise UserError(f"run directory {rd} already holds a run: pass --resume to continue it, or choose another --out")
+        rd.mkdir(parents=True, exist_ok=True)
+
+    def _check_optimizer(self) -> None:
+        """The optimizer's parameter set must be exactly the selection (a silent no-train guard)."""
+        trainable = {id(p) for p in self.model.parameters() if p.requires_grad}
+        in_opt = {id(p) for g in self.optimizer.param_groups for p in g["params"]} if self.optimizer else set()
+        selected = {id(p) for p in self.params}
+        if not (trainable == in_opt == selected):
+            raise TrainingError(
+                f"optimizer holds {len(in_opt)} tensors, {len(trainable)} require grad, the selection has "
+                f"{len(selected)}: they must be the same set")
+
+    def _make_envs(self) -> list[gym.Env]:
+        c = self.config
+        kwargs = dict(c.env_kwargs)
+        try:
+            envs = [gym.make(c.env, **kwargs) for _ in range(c.num_tasks * c.num_generations)]
+        except TypeError as e:
+            raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
+        return envs
+
+    def _write_config(self) -> None:
+        atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, {
+            "config": self.config.to_dict(), "selection": self.selection.to_dict(),
+            "model_source": self.model_source, "loss_agg": self.config.resolved_loss_agg(),
+            "metric": self.metric, "domain": self.domain, "onelayer_version": _version(),
+            "torch_version": torch.__version__,
+        })
+
+    def _resume(self) -> None:
+        done = ckpt.complete_checkpoints(self.run_dir)
+        if not done:
+            print(f"resume: {self.run_dir} has no complete checkpoint; starting from step 0", file=sys.stderr)
+            atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "")
+            self._write_config()
+            return
+        last = done[-1]
+        state = ckpt.load_state(last)
+        ckpt.load_trained(self.model, last / ckpt.TRAINED_FILE)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        self.start_step = int(state["step"])
+        # Drop metrics of steps after the checkpoint: they will be redone identically.
+        kept = [m for m in read_jsonl(self.run_dir / ckpt.METRICS_FILE) if m.get("step", 0) <= self.start_step]
+        atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
+        stored = ckpt.read_run_config(self.run_dir)
+        stored["config"].update({k: getattr(self.config, k) for k in RESUMABLE_CHANGES})
+        atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, stored)
+        print(f"resumed {self.run_dir} at step {self.start_step}", file=sys.stderr)
+
+    # --------------------------------------------------------------- sampling
+    def _episodes(self, step: int) -> list[EpisodeSpec]:
+        c = self.config
+        rng = random.Random(derive_seed("tasks", c.seed, step))
+        specs = []
+        for g in range(c.num_tasks):
+            task_seed = rng.randrange(2**31)
+            specs += [EpisodeSpec(group=g, sample=k, seed=task_seed) for k in range(c.num_generations)]
+        return specs
+
+    def sample(self, step: int) -> list[Trajectory]:
+        """Collect ``num_tasks x num_generations`` episodes for ``step`` (deterministic in seed and step)."""
+        c = self.config
+        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, derive_seed("sample", c.seed, step))
+        trajs = collect(self.engine, self.prompts, self.envs, self._episodes(step), params,
+                        max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length)
+        if self.reward_funcs:
+            steps = [s for t in trajs for s in t.steps]
+            prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
+            completions = [s.response_text for s in steps]
+            for fn in self.reward_funcs:
+                extra = fn(prompts=prompts, completions=completions, task_ids=[t.task_id for t in trajs for _ in t.steps])
+                if len(extra) != len(steps):
+                    raise UserError(f"reward function {fn.__name__} returned {len(extra)} values for {len(steps)} completions")
+                for s, r in zip(steps, extra):
+                    s.reward += float(r)
+        return trajs
+
+    # --------------------------------------------------------------- training
+    def advantages(self, trajs: list[Trajectory]) -> np.ndarray:
+        """One advantage per trajectory from its return, grouped by task (group index within the batch)."""
+        fn = ADVANTAGE_ESTIMATORS[self.config.algo]
+        return fn([t.episode_return for t in trajs], [t.group for t in trajs])
+
+    @contextlib.contextmanager
+    def _reference_weights(self):
+        """Temporarily put the initial values back into the trained tensors (the frozen reference policy)."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            for p, r in zip(self.params, self.ref_values):
+                p.copy_(r)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+
+    def _batch_tensors(self, rows: list[_Row]):
+        device = next(self.model.parameters()).device
+        width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+        pad = self.engine.pad_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        resp = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            seq = r.prompt_ids + r.response_ids
+            ids[i, : len(seq)] = torch.tensor(seq)
+            attn[i, : len(seq)] = 1
+            resp[i, len(r.prompt_ids) : len(seq)] = 1.0
+        adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None]
+        return ids.to(device), attn.to(device), resp.to(device), adv.to(device)
+
+    def _logprobs(self, ids, attn, resp):
+        return response_logprobs(self.model, ids, attn, resp, self.config.temperature, self.config.logprob_chunk_size)
+
+    def update(self, trajs: list[Trajectory], adv: np.ndarray) -> dict:
+        """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics."""
+        c = self.config
+        rows = [_Row(s.prompt_ids, s.response_ids, float(a)) for t, a in zip(trajs, adv) for s in t.steps if s.response_ids]
+        stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
+                 "optimizer_steps": 0}
+        if not rows:
+            return stats
+        mb = c.micro_batch_size
+        # Reference / old-policy log-probs on the whole batch, before any update (no grad).
+        old_lp, ref_lp = [None] * len(rows), [None] * len(rows)
+        with torch.no_grad():
+            for s in range(0, len(rows), mb):
+                chunk = rows[s : s + mb]
+                ids, attn, resp, _ = self._batch_tensors(chunk)
+                if c.num_iterations > 1:
+                    lp, _ = self._logprobs(ids, attn, resp)
+                    old_lp[s : s + mb] = list(lp)
+                if self.ref_values is not None:
+                    with self._reference_weights():
+                        lp, _ = self._logprobs(ids, attn, resp)
+                    ref_lp[s : s + mb] = list(lp)
+        signal_rows = any(r.advantage != 0.0 for r in rows)
+        if not signal_rows or self.optimizer is None:
+            return self._measure_only(rows, ref_lp, stats)
+
+        n_mini = 1 if c.mini_batch_size is None else (c.num_tasks * c.num_generations) // c.mini_batch_size
+        order = list(range(len(rows)))
+        token_count = clip_count = kl_sum = ent_sum = loss_sum = 0.0
+        grad_norms, update_sq = [], 0.0
+        for _ in range(c.num_iterations):
+            for m in range(n_mini):
+                mini = order[m::n_mini] if n_mini > 1 else order
+                mrows = [rows[i] for i in mini]
+                _, _, mresp, _ = self._batch_tensors(mrows)
+                norm = agg_norm(mresp, c.resolved_loss_agg(), c.max_new_tokens)
+                self.optimizer.zero_grad(set_to_none=True)
+                for s in range(0, len(mini), mb):
+                    idx = mini[s : s + mb]
+                    chunk = [rows[i] for i in idx]
+                    if c.beta == 0 and all(r.advantage == 0.0 for r in chunk):
+                        continue  # contributes zero gradient; its tokens still count in `norm`
+                    ids, attn, resp, a = self._batch_tensors(chunk)
+                    lp, ent = self._logprobs(ids, attn, resp)
+                    old = _stack([old_lp[i] for i in idx], lp.shape[1]) if c.num_iterations > 1 else lp.detach()
+                    tok_loss, clipped = ppo_clip_token_loss(lp, old, a, c.epsilon, c.epsilon_high)
+                    if self.ref_values is not None:
+                        ref = _stack([ref_lp[i] for i in idx], lp.shape[1])
+                        kl = kl_k3(lp, ref)
+                        if c.beta > 0:
+                            tok_loss = tok_loss + c.beta * kl
+                        kl_sum += float((kl.detach() * resp).sum())
+                    loss = aggregate(tok_loss, resp, norm)
+                    loss.backward()
+                    loss_sum += float(loss.detach())
+                    token_count += float(resp.sum())
+                    clip_count += float((clipped * resp).sum())
+                    ent_sum += float((ent * resp).sum())
+                if c.max_grad_norm > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+                else:
+                    gn = torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+                grad_norms.append(float(gn))
+                before = [p.detach().clone() for p in self.params]
+                self.optimizer.step()
+                stats["optimizer_steps"] += 1
+                with torch.no_grad():
+                    sq = sum(float((p - b).pow(2).sum()) for p, b in zip(self.params, before))
+                update_sq += sq
+                if sq == 0.0:
+                    raise TrainingError(
+                        f"the selected weights ({self.selection.describe()}) did not change after an optimizer step "
+                        "with nonzero advantages: training is not happening (check lr, the layer selection and "
+                        "that the loss depends on the trained parameters)")
+        stats.update(loss=loss_sum / max(c.num_iterations, 1), grad_norm=float(np.mean(grad_norms)),
+                     update_norm=update_sq ** 0.5, clip_fraction=clip_count / max(token_count, 1),
+                     entropy=ent_sum / max(token_count, 1), kl=kl_sum / max(token_count, 1))
+        return stats
+
+    def _measure_only(self, rows, ref_lp, stats) -> dict:
+        """No learning signal: skip the optimizer step, still report entropy and KL."""
+        tokens = ent_sum = kl_sum = 0.0
+        with torch.no_grad():
+            for s in range(0, len(rows), self.config.micro_batch_size):
+                chunk = rows[s : s + self.config.micro_batch_size]
+                ids, attn, resp, _ = self._batch_tensors(chunk)
+                lp, ent = self._logprobs(ids, attn, resp)
+                tokens += float(resp.sum())
+                ent_sum += float((ent * resp).sum())
+                if self.ref_values is not None:
+                    ref = _stack(ref_lp[s : s + len(chunk)], lp.shape[1])
+                    kl_sum += float((kl_k3(lp, ref) * resp).sum())
+        stats.update(entropy=ent_sum / max(tokens, 1), kl=kl_sum / max(tokens, 1))
+        return stats
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate(self) -> EvalResult:
+        """Greedy score on items 0..eval_size-1 of the env's eval split."""
+        c = self.config
+        return evaluate_policy(self.engine, self.prompts, c.env, c.env_kwargs, num_items=c.eval_size,
+                               max_new_tokens=c.eval_max_new_tokens or c.max_new_tokens, temperature=0.0,
+                               seed=c.seed, batch_size=c.rollout_batch_size, max_turns=c.max_turns, metric=self.metric)
+
+    def _run_eval(self, step: int) -> dict:
+        t = time.time()
+        res = self.evaluate()
+        out = res.to_dict()
+        out.update(step=step, env=self.config.env, model=self.config.model, layers=self.config.layers,
+                   run_dir=str(self.run_dir))
+        atomic_write_json(self.run_dir / "eval.json", out)
+        return {f"eval/{res.metric}": res.value, "time/eval_s": time.time() - t}
+
+    # ------------------------------------------------------------------- loop
+    def train(self, progress: bool = True) -> RunResult:
+        """Run from ``start_step`` to ``config.steps``; checkpoint, evaluate and log along the way."""
+        c = self.config
+        print(self.selection.describe(), file=sys.stderr)
+        final_eval = None
+        interrupted = {"flag": False}
+
+        def on_sigint(signum, frame):  # finish the current step, checkpoint, exit cleanly
+            if interrupted["flag"]:
+                raise KeyboardInterrupt
+            interrupted["flag"] = True
+            print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+        old_handler = None
+        with contextlib.suppress(ValueError):  # not in the main thread
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+        bar = _progress(c.steps, self.start_step, progress)
+        try:
+            if c.eval_at_start and self.start_step == 0:
+                m = self._run_eval(0)
+                append_jsonl(self.run_dir / ckpt.METRICS_FILE, {"step": 0, **m})
+            for step in range(self.start_step + 1, c.steps + 1):
+                record = self.train_step(step)
+                last = step == c.steps
+                if (c.eval_every and step % c.eval_every == 0) or last:
+                    ev = self._run_eval(step)
+                    record.update(ev)
+                    final_eval = ev
+                append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
+                self.sinks.log(record, step)
+                if last or (c.save_every and step % c.save_every == 0) or interrupted["flag"]:
+                    self._save(step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record['reward']:.3f}", **({k.split('/')[1]: f"{v:.3f}" for k, v in record.items() if k.startswith("eval/")}))
+                if interrupted["flag"]:
+                    print(f"saved checkpoint at step {step}; continue with --resume", file=sys.stderr)
+                    raise SystemExit(130)
+            if c.steps == 0 or self.start_step >= c.steps:
+                ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, self.model, self.param_names, {"step": self.start_step})
+        finally:
+            if bar is not None:
+                bar.close()
+            self.sinks.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        return RunResult(self.run_dir, c.steps, self.selection,
+                         json.loads((self.run_dir / "eval.json").read_text()) if (self.run_dir / "eval.json").exists() else final_eval,
+                         read_jsonl(self.run_dir / ckpt.METRICS_FILE))
+
+    def _save(self, step: int) -> None:
+        state = {"selection": self.selection.to_dict()}
+        if self.optimizer is None:
+            from types import SimpleNamespace
+
+            opt = SimpleNamespace(state_dict=lambda: {})
+        else:
+            opt = self.optimizer
+        ckpt.save_checkpoint(self.run_dir, step, self.model, self.param_names, opt, state, self.config.save_total_limit)
+
+    def train_step(self, step: int) -> dict:
+        """One RL step: sample, score, update. Returns the step's flat metrics."""
+        c = self.config
+        for g in (self.optimizer.param_groups if self.optimizer else []):
+            g["lr"] = c.lr * min(1.0, step / c.warmup_steps) if c.warmup_steps else c.lr
+        t0 = time.time()
+        trajs = self.sample(step)
+        t1 = time.time()
+        adv = self.advantages(trajs)
+        returns = [t.episode_return for t in trajs]
+        stats = self.update(trajs, adv)
+        t2 = time.time()
+        steps = [s for t in trajs for s in t.steps]
+        return {
+            "step": step,
+            "reward": float(np.mean(returns)),
+            "reward_std": float(np.std(returns)),
+            "success_rate": float(np.mean([t.success for t in trajs])),
+            "advantage_abs_mean": float(np.mean(np.abs(adv))),
+            "no_signal_groups": no_signal_groups(returns, [t.group for t in trajs]),
+            "truncated_fraction": float(np.mean([s.response_truncated for s in steps])) if steps else 0.0,
+            "episode_truncated_fraction": float(np.mean([t.truncated for t in trajs])),
+            "invalid_action_rate": float(np.mean([s.invalid_action for s in steps])) if steps else 0.0,
+            "response_length": float(np.mean([len(s.response_ids) for s in steps])) if steps else 0.0,
+            "episode_length": float(np.mean([t.length for t in trajs])),
+            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0,
+            **{k: v for k, v in stats.items()},
+            "time/sampling_s": t1 - t0,
+            "time/training_s": t2 - t1,
+        }
+
+
+def _stack(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Stack right-padded per-row tensors computed in batches of other widths to ``width`` columns."""
+    out = torch.zeros((len(rows), width), dtype=rows[0].dtype, device=rows[0].device)
+    for i, r in enumerate(rows):
+        n = min(width, r.shape[0])
+        out[i, :n] = r[:n]
+    return out
+
+
+class _Sinks:
+    """Optional TensorBoard / Weights & Biases logging next to metrics.jsonl."""
+
+    def __init__(self, report_to: list, run_dir: Path, config: TrainConfig):
+        self.tb = self.wandb = None
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--report-to wandb needs the wandb package: pip install wandb") from None
+            import os
+
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "onelayer"), dir=str(run_dir),
+                                    mode=os.environ.get("WANDB_MODE", "offline"), config=config.to_dict(),
+                                    name=run_dir.name)
+
+    def log(self, record: dict, step: int) -> None:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                if self.tb is not None:
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="onelayer train", unit="step", file=sys.stderr)
+
+
+def _version() -> str:
+    from onelayer import __version__
+
+    return __version__
+
+
+def train(config: TrainConfig | dict | None = None, resume: bool = False, progress: bool = True, model=None,
+          tokenizer=None, **overrides) -> RunResult:
+    """Python entry point: ``onelayer.train(layers="15", steps=20, out="runs/x")``."""
+    if config is None:
+        config = TrainConfig()
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    if overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    return Trainer(config, resume=resume, model=model, tokenizer=tokenizer).train(progress=progress)

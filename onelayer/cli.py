@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import sys
 import typing
 from pathlib import Path
 from typing import Optional
@@ -131,7 +130,10 @@ def _train_impl(*, config=None, resume=False, quiet=False, **flags):
     metric = trainer.metric
     line = f"run: {result.run_dir}  steps: {result.steps}  {trainer.selection.describe()}"
     if metric in ev:
-        line += f"\nfinal eval {metric}: {ev[metric]:.4f} on {ev.get('num_items')} items ({result.run_dir / 'eval.json'})"
+        base = next((m.get(f"eval/{metric}") for m in result.metrics if m.get("step") == 0), None)
+        before = f"base {base:.4f} -> " if base is not None else ""
+        line += (f"\neval {metric} on {ev.get('num_items')} held-out items: {before}final {ev[metric]:.4f} "
+                 f"({result.run_dir / 'eval.json'})")
     typer.echo(line)
 
 

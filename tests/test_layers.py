@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import build_tiny
 from torch import nn
 
-from conftest import build_tiny
 from onelayer.errors import UserError
 from onelayer.training.layers import apply_selection, parse_layer_spec, select_parameters
 

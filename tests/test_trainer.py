@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import ARCHS
+
 from onelayer.errors import TrainingError, UserError
 from onelayer.training import checkpoint as ckpt
 from onelayer.training.config import TrainConfig
@@ -136,3 +136,22 @@ def test_existing_run_dir_needs_resume_and_resume_checks_options(tiny_model_dirs
 def test_out_of_range_layer_names_the_range(tiny_model_dirs, tmp_path):
     with pytest.raises(UserError, match=r"0\.\.3"):
         Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r", layers="7"))
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_model_dirs, tmp_path):
+    pytest.importorskip("tensorboard")
+    model, tok = _load(tiny_model_dirs["qwen3"])
+    Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r", layers="1", report_to=["tensorboard"]),
+            model=model, tokenizer=tok).train(progress=False)
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_python_api_train_and_evaluate(tiny_model_dirs, tmp_path):
+    import onelayer
+
+    cfg = tiny_config(tiny_model_dirs["qwen2"], tmp_path / "api", layers="middle")
+    result = onelayer.train(cfg.to_dict(), progress=False)
+    assert result.selection.layer_indices == [2]
+    res = onelayer.evaluate(run=str(tmp_path / "api"), out=str(tmp_path / "e.json"))
+    assert res["accuracy"] == result.final_eval["accuracy"]
+    assert json.loads((tmp_path / "e.json").read_text())["num_items"] == 4

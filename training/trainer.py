@@ -30,7 +30,7 @@ import torch
 
 from onelayer.agents.engine import HFEngine, SamplingParams
 from onelayer.agents.evaluation import METRIC_OF_DOMAIN, EvalResult, evaluate_policy
-from onelayer.agents.models import load_model
+from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.agents.trajectory import Trajectory
@@ -91,6 +91,8 @@ class Trainer:
         config.validate()
         self.config = config
         self.run_dir = Path(config.out or config.default_out())
+        if model is None:
+            resolve_model(config.model)  # a missing model file fails before anything is written
         self._prepare_run_dir(resume)
         torch.manual_seed(config.seed)
         if model is None:

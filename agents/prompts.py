@@ -1,62 +1,98 @@
-"""Prompt building: from an env observation to chat-template token ids.
+"""Prompt building: from an env observation (plus bounded history) to chat-template token ids.
 
-Each turn's prompt is rebuilt from the template and the current observation
-(plus, for multi-turn envs, a bounded history), so no chat-template
-re-rendering of earlier turns can drop or change tokens.
+Each turn's prompt is rebuilt from the template, the task, the last ``H``
+observation/action pairs and the current observation (verl-agent's
+step-independent prompts), so context stays bounded over long episodes and no
+chat-template re-rendering of earlier turns can drop or change tokens.
+
+Template placeholders: ``{observation}`` (required), ``{task}``, ``{history}``,
+``{admissible_actions}``, ``{step}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from onelayer.errors import UserError
 
+AGENTIC_TEMPLATE = (
+    "{task}{history}Current observation (step {step}): {observation}\n"
+    "Admissible actions: {admissible_actions}\n"
+    "Choose one admissible action and reply with it inside <action></action>, for example <action>look</action>."
+)
+AGENTIC_THINK_TEMPLATE = AGENTIC_TEMPLATE.replace(
+    "Choose one admissible action and reply",
+    "First reason step by step inside <think></think>. Then choose one admissible action and reply")
+
 DEFAULT_TEMPLATES = {
     "math": "{observation}\nPut the final answer in \\boxed{{}}.",
     "code": "{observation}",
-    "agentic": "{observation}",
+    "agentic": AGENTIC_TEMPLATE,
 }
 
 
 @dataclass
 class PromptBuilder:
-    """Renders ``template`` (with ``{observation}``) as the user turn of the tokenizer's chat template.
+    """Renders ``template`` as the user turn of the tokenizer's chat template.
 
     Args:
         tokenizer: a HF tokenizer; its chat template is used when it has one.
-        template: user-message template; ``{observation}`` is replaced by the env's observation.
+        template: user-message template (see the module docstring for placeholders).
         system_prompt: optional system message (None keeps the chat template's default).
+        history_length: how many recent (observation, action) pairs ``{history}`` shows.
     """
 
     tokenizer: object
     template: str = "{observation}"
     system_prompt: str | None = None
+    history_length: int = 2
 
     def __post_init__(self) -> None:
         if "{observation}" not in self.template:
             raise UserError(f"prompt template {self.template!r} must contain '{{observation}}'")
+        if self.history_length < 0:
+            raise UserError(f"history_length must be >= 0, got {self.history_length}")
 
     @classmethod
-    def for_domain(cls, tokenizer, domain: str, template: str | None = None, system_prompt: str | None = None) -> PromptBuilder:
+    def for_domain(cls, tokenizer, domain: str, template: str | None = None, system_prompt: str | None = None,
+                   history_length: int = 2) -> PromptBuilder:
         """The default builder of a domain (math, code, agentic), optionally with a user template."""
-        return cls(tokenizer, template or DEFAULT_TEMPLATES.get(domain, "{observation}"), system_prompt)
+        return cls(tokenizer, template or DEFAULT_TEMPLATES.get(domain, "{observation}"), system_prompt, history_length)
 
-    def text(self, observation: str) -> str:
-        """The user message for ``observation``."""
-        return self.template.replace("{observation}", observation).replace("{{}}", "{}")
+    def text(self, observation: str, history: Sequence[tuple[str, str]] = (), admissible: Sequence[str] | None = None,
+             task: str | None = None, step: int | None = None) -> str:
+        """The user message for one turn."""
+        recent = list(history)[-self.history_length:] if self.history_length else []
+        hist = ""
+        if recent:
+            first = len(history) - len(recent) + 1
+            hist = "Recent steps:\n" + "".join(
+                f"[step {first + i}] observation: {o}\naction: {a}\n" for i, (o, a) in enumerate(recent))
+        values = {
+            "{task}": f"Your task is to: {task}\n" if task else "",
+            "{history}": hist,
+            "{admissible_actions}": ", ".join(admissible) if admissible else "(any text)",
+            "{step}": str(step if step is not None else len(history) + 1),
+        }
+        out = self.template.replace("{{}}", "{}")
+        for k, v in values.items():
+            out = out.replace(k, v)
+        # the observation goes in last so text inside it is never treated as a placeholder
+        return out.replace("{observation}", observation)
 
-    def messages(self, observation: str) -> list[dict]:
-        """Chat messages for ``observation``."""
+    def messages(self, observation: str, **kw) -> list[dict]:
+        """Chat messages for one turn."""
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return msgs + [{"role": "user", "content": self.text(observation)}]
+        return msgs + [{"role": "user", "content": self.text(observation, **kw)}]
 
-    def render(self, observation: str) -> str:
+    def render(self, observation: str, **kw) -> str:
         """The full prompt string (chat template applied when the tokenizer has one)."""
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template(self.messages(observation), add_generation_prompt=True, tokenize=False)
-        return self.text(observation) + "\n"
+            return tok.apply_chat_template(self.messages(observation, **kw), add_generation_prompt=True, tokenize=False)
+        return self.text(observation, **kw) + "\n"
 
-    def encode(self, observation: str) -> list[int]:
-        """Prompt token ids for ``observation``."""
-        return self.tokenizer(self.render(observation), add_special_tokens=False)["input_ids"]
+    def encode(self, observation: str, **kw) -> list[int]:
+        """Prompt token ids for one turn."""
+        return self.tokenizer(self.render(observation, **kw), add_special_tokens=False)["input_ids"]

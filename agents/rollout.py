@@ -7,11 +7,12 @@ are the one-turn case of the same loop.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
 
+from onelayer.agents.actions import parse_action
 from onelayer.agents.engine import RolloutEngine, SamplingParams
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.trajectory import Step, Trajectory
@@ -29,32 +30,43 @@ class EpisodeSpec:
 
 def collect(
     engine: RolloutEngine, prompt_builder: PromptBuilder, envs: Sequence[gym.Env], episodes: Sequence[EpisodeSpec],
-    params: SamplingParams, max_turns: int = 1, max_prompt_tokens: int | None = None,
+    params: SamplingParams, max_turns: int = 1, max_prompt_tokens: int | None = None, parse_actions: bool = False,
+    invalid_action_penalty: float = 0.0,
 ) -> list[Trajectory]:
     """Run ``episodes`` (one per env in ``envs``) to the end and return their trajectories.
 
-    An episode ends when the env terminates or truncates, after ``max_turns``
-    turns, or when its next prompt would exceed ``max_prompt_tokens`` (then it
-    is truncated with reason ``"context"``, not crashed).
+    Each turn, every live episode's prompt goes into one ``engine.generate`` call.
+    With ``parse_actions`` the action is taken from ``<action>...</action>`` and
+    projected onto ``info["admissible_actions"]`` (agentic envs); otherwise the whole
+    response is the action (math, code). Invalid actions (by the parser or the env's
+    ``info["invalid_action"]``) cost ``invalid_action_penalty`` on that step's reward.
+    An episode ends when the env terminates or truncates, after ``max_turns`` turns,
+    or when its next prompt would exceed ``max_prompt_tokens`` (truncated with reason
+    ``"context"``, not crashed).
     """
     if len(envs) != len(episodes):
         raise ValueError(f"{len(envs)} envs for {len(episodes)} episodes")
     tok = prompt_builder.tokenizer
     trajs: list[Trajectory] = []
     obs: list[str] = []
-    anchors: list[Hashable] = []
+    infos: list[dict] = []
+    history: list[list[tuple[str, str]]] = []
+    tasks: list[str | None] = []
     for env, ep in zip(envs, episodes):
         o, info = env.reset(seed=ep.seed, options=ep.options)
         trajs.append(Trajectory(task_id=info.get("task_id", ep.seed), group=ep.group, sample=ep.sample))
         obs.append(o)
-        anchors.append(info.get("anchor", o))
+        infos.append(info)
+        history.append([])
+        tasks.append(info.get("task"))
     live = list(range(len(envs)))
     for turn in range(max_turns):
         if not live:
             break
         prompts, ready = [], []
         for i in live:
-            ids = prompt_builder.encode(obs[i])
+            ids = prompt_builder.encode(obs[i], history=history[i], admissible=infos[i].get("admissible_actions"),
+                                        task=tasks[i], step=turn + 1)
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
                 trajs[i].truncated, trajs[i].truncation_reason = True, "context"
                 continue
@@ -65,15 +77,23 @@ def collect(
         still = []
         for i, ids, g in zip(ready, prompts, gens):
             text = tok.decode(g.token_ids, skip_special_tokens=True)
-            o, reward, terminated, truncated, info = envs[i].step(text)
+            prev = infos[i]
+            if parse_actions:
+                parsed = parse_action(text, prev.get("admissible_actions"))
+                action, invalid = (parsed.action or text), not parsed.valid
+            else:
+                action, invalid = text, False
+            o, reward, terminated, truncated, info = envs[i].step(action)
+            invalid = invalid or bool(info.get("invalid_action", False))
             trajs[i].steps.append(Step(
                 prompt_ids=ids, response_ids=list(g.token_ids), logprobs=list(g.logprobs), response_text=text,
-                reward=float(reward), anchor=anchors[i], invalid_action=bool(info.get("invalid_action", False)),
-                response_truncated=g.finish_reason == "length", info=info,
+                reward=float(reward) - (invalid_action_penalty if invalid else 0.0), anchor=prev.get("anchor", obs[i]),
+                invalid_action=invalid, response_truncated=g.finish_reason == "length", info=info,
+                state_anchor=prev.get("state_anchor"), action=action, env_reward=float(reward),
             ))
             trajs[i].success = bool(info.get("success", info.get("won", trajs[i].success)))
-            obs[i] = o
-            anchors[i] = info.get("anchor", o)
+            history[i].append((obs[i], action))
+            obs[i], infos[i] = o, info
             if terminated or truncated:
                 trajs[i].terminated, trajs[i].truncated = bool(terminated), bool(truncated) and not terminated
                 if trajs[i].truncated:

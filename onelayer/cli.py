@@ -194,6 +194,24 @@ def envs_list():
         typer.echo(f"{e.env_id:24s} {e.domain:8s} max_steps={e.max_episode_steps:<4d} {e.data}")
 
 
+@envs_app.command("check")
+@_user_errors
+def envs_check(
+    target: str = typer.Argument(..., help="A registered env id (onelayer/Math-v0) or MODULE:CLASS_OR_ID."),
+    env_kwargs: Optional[str] = typer.Option(None, "--env-kwargs", help="Constructor options: key=value,... or JSON."),
+    max_steps: int = typer.Option(200, "--max-steps", help="Step budget for the termination check."),
+):
+    """Run Gymnasium's check_env plus onelayer's contract checks; exit 1 when any check fails."""
+    from onelayer.envs.checker import check, format_report, load_env
+
+    kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else {}
+    load_env(target, **kwargs).close()  # a bad target fails here with a clear message
+    results = check(lambda: load_env(target, **kwargs), max_steps=max_steps)
+    typer.echo(format_report(target, results))
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     import logging

@@ -1,8 +1,8 @@
 """Chunked response log-probs equal the plain full-logits computation, and gradients reach only trained layers."""
 
 import torch
-
 from conftest import build_tiny
+
 from onelayer.training.layers import apply_selection, select_parameters
 from onelayer.training.logprobs import response_logprobs
 
@@ -35,3 +35,25 @@ def test_gradients_reach_only_the_selected_layer(tokenizer):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {n for n, _ in model.named_parameters() if n.startswith("model.layers.2.")}
     assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in with_grad)
+
+
+def test_replaying_the_lower_blocks_gives_the_same_logprobs_and_gradients(tokenizer):
+    from onelayer.training.layers import find_decoder_blocks
+    from onelayer.training.logprobs import LowerStack
+
+    for arch in ("qwen3", "qwen2", "llama"):
+        model = build_tiny(arch, tokenizer, seed=4)
+        apply_selection(model, select_parameters(model, "2-3"))
+        ids, attn, resp = _batch()
+        lp_full, _ = response_logprobs(model, ids, attn, resp)
+        (lp_full * resp).sum().backward()
+        grads_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        lower = LowerStack(model, find_decoder_blocks(model)[1], 2)
+        hidden = lower.capture(ids, attn)
+        lp_re, _ = response_logprobs(model, ids, attn, resp, lower=lower, lower_hidden=hidden)
+        (lp_re * resp).sum().backward()
+        assert torch.allclose(lp_full, lp_re, atol=1e-6), arch
+        for n, g in grads_full.items():
+            assert torch.allclose(g, dict(model.named_parameters())[n].grad, atol=1e-6), (arch, n)
+        assert all(type(b).__name__ != "_Passthrough" for b in find_decoder_blocks(model)[1])  # restored

@@ -75,3 +75,16 @@ def test_local_jsonl_source(tmp_path):
     tq = {train.unwrapped._item(i).question for i in range(train.unwrapped.num_tasks)}
     eq = {evals.unwrapped._item(i).question for i in range(evals.unwrapped.num_tasks)}
     assert tq and eq and not tq & eq and len(tq | eq) == 60
+
+
+def test_local_parquet_source_with_its_own_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "mine_test.parquet"  # "test" in the name: the file is an evaluation split as a whole
+    pq.write_table(pa.table({"problem": ["What is 2 + 2?", "What is 3 + 5?"], "answer": ["4", "8"]}), path)
+    env = gym.make("onelayer/Math-v0", source=str(path), split="eval")
+    assert env.unwrapped.num_tasks == 2
+    obs, _ = env.reset(options={"task_id": 1})
+    assert obs == "What is 3 + 5?"
+    assert env.step("\\boxed{8}")[1] == 1.0

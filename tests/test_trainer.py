@@ -155,3 +155,27 @@ def test_python_api_train_and_evaluate(tiny_model_dirs, tmp_path):
     res = onelayer.evaluate(run=str(tmp_path / "api"), out=str(tmp_path / "e.json"))
     assert res["accuracy"] == result.final_eval["accuracy"]
     assert json.loads((tmp_path / "e.json").read_text())["num_items"] == 4
+
+
+def test_reward_function_returning_the_wrong_count_is_a_user_error(tiny_model_dirs, tmp_path):
+    cfg = tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r", layers="1", reward_funcs=["support_rewards:wrong_count"])
+    with pytest.raises(UserError, match="returned 1 values for 8 completions"):
+        Trainer(cfg).train(progress=False)
+    with pytest.raises(UserError, match="cannot import reward function"):
+        Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r2", layers="1", reward_funcs=["nope_mod:fn"]))
+
+
+def test_reusing_lower_block_outputs_matches_recomputing_them(tiny_model_dirs, tmp_path):
+    results = {}
+    for reuse in (True, False):
+        model, tok = _load(tiny_model_dirs["qwen3"])
+        cfg = tiny_config(tiny_model_dirs["qwen3"], tmp_path / str(reuse), layers="2", steps=2, beta=0.05,
+                          num_iterations=2, reuse_lower_hidden=reuse)
+        trainer = Trainer(cfg, model=model, tokenizer=tok)
+        assert (trainer.lower is not None) == reuse
+        results[reuse] = (trainer.train(progress=False).metrics, {n: p.detach().clone() for n, p in model.named_parameters()})
+    (m_a, w_a), (m_b, w_b) = results[True], results[False]
+    for a, b in zip(m_a, m_b):
+        for k in ("reward", "kl", "loss", "update_norm", "clip_fraction"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), k
+    assert all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)

@@ -55,14 +55,127 @@ def no_signal_groups(rewards: Sequence[float], group_ids: Sequence[Hashable]) ->
     return sum(1 for idx in _group_indices(group_ids).values() if np.all(r[idx] == r[idx][0]))
 
 
-# Outcome-level estimators: one advantage per trajectory from its return.
+def _normalise(values: np.ndarray, mode: str, eps: float) -> np.ndarray:
+    """Centre a group; divide by (unbiased std + eps) in ``mean_std_norm``. Singletons / all-equal -> 0."""
+    if len(values) < 2 or np.all(values == values[0]):
+        return np.zeros_like(values)
+    centred = values - values.mean()
+    if mode == "mean_std_norm":
+        return centred / (values.std(ddof=1) + eps)
+    if mode == "mean_norm":
+        return centred
+    raise ValueError(f"unknown GiGPO mode {mode!r}: use 'mean_norm' or 'mean_std_norm'")
+
+
+def discounted_returns(rewards: Sequence[float], gamma: float) -> np.ndarray:
+    """``R_t = sum_{k>=t} gamma^(k-t) r_k`` for one episode's step rewards."""
+    out = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out
+
+
+def _similarity_keys(anchors: list, threshold: float) -> list[int]:
+    """Cluster anchors greedily: a step joins the first cluster whose representative is similar enough."""
+    import difflib
+
+    reps: list[str] = []
+    keys = []
+    for a in anchors:
+        text = str(a)
+        for k, rep in enumerate(reps):
+            if text == rep or difflib.SequenceMatcher(None, text, rep).ratio() >= threshold:
+                keys.append(k)
+                break
+        else:
+            reps.append(text)
+            keys.append(len(reps) - 1)
+    return keys
+
+
+def gigpo_advantages(
+    task_ids: Sequence[Hashable], episode_ids: Sequence[Hashable], anchors: Sequence[Hashable],
+    rewards: Sequence[float], *, gamma: float = 0.95, omega: float = 1.0, mode: str = "mean_std_norm",
+    similarity_threshold: float | None = None, episode_stats: str = "trajectory", eps: float = EPS,
+    return_parts: bool = False,
+):
+    """GiGPO advantages (Feng et al. 2025), one per environment step.
+
+    Inputs are flat per-step sequences in time order within each episode:
+    ``task_ids`` (the group), ``episode_ids`` (the trajectory), ``anchors``
+    (hashable state keys), ``rewards`` (the step's reward, penalties included).
+
+    - episode level: ``A^E = (R(tau) - mean_j R(tau_j)) / F_norm`` over the trajectories of a
+      task, ``R(tau)`` the undiscounted sum of its step rewards; ``episode_stats="trajectory"``
+      uses one return per trajectory (the paper's equation), ``"step"`` pools every step row
+      (verl-agent's code, which weights long episodes more);
+    - step level: steps of one task with equal anchors (or, with ``similarity_threshold``,
+      ``difflib`` ratio >= threshold) form a step group, repeated visits included; each
+      member's discounted return ``R_t`` is normalised within the group to give ``A^S``;
+    - ``A = A^E + omega * A^S``. ``F_norm`` is the unbiased std + eps (``mean_std_norm``) or
+      1 (``mean_norm``); singleton or all-equal groups give 0.
+
+    Returns a numpy array (and, with ``return_parts``, also ``A^E``, ``A^S`` and the step-group key of each step).
+    """
+    n = len(rewards)
+    if not (len(task_ids) == len(episode_ids) == len(anchors) == n):
+        raise ValueError(f"task_ids, episode_ids, anchors and rewards must have one entry per step; got "
+                         f"{len(task_ids)}, {len(episode_ids)}, {len(anchors)}, {n}")
+    if episode_stats not in ("trajectory", "step"):
+        raise ValueError(f"episode_stats must be 'trajectory' or 'step', got {episode_stats!r}")
+    r = np.asarray(rewards, dtype=np.float64)
+    by_episode = _group_indices(episode_ids)
+    episode_return = {e: r[idx].sum() for e, idx in by_episode.items()}
+    step_return = np.zeros(n)
+    for idx in by_episode.values():
+        step_return[idx] = discounted_returns(r[idx], gamma)
+
+    adv_e = np.zeros(n)
+    adv_s = np.zeros(n)
+    group_key: list = [None] * n
+    for task, idx in _group_indices(task_ids).items():
+        episodes = list(dict.fromkeys(episode_ids[i] for i in idx))
+        if episode_stats == "trajectory":
+            norm = dict(zip(episodes, _normalise(np.array([episode_return[e] for e in episodes]), mode, eps)))
+            for i in idx:
+                adv_e[i] = norm[episode_ids[i]]
+        else:
+            adv_e[idx] = _normalise(np.array([episode_return[episode_ids[i]] for i in idx]), mode, eps)
+        keys = (_similarity_keys([anchors[i] for i in idx], similarity_threshold)
+                if similarity_threshold is not None else [anchors[i] for i in idx])
+        for i, k in zip(idx, keys):
+            group_key[i] = (task, k)
+    for idx in _group_indices(group_key).values():
+        adv_s[idx] = _normalise(step_return[idx], mode, eps)
+    adv = adv_e + omega * adv_s
+    if return_parts:
+        return adv, adv_e, adv_s, group_key
+    return adv
+
+
+def step_group_stats(group_keys: Sequence[Hashable]) -> dict:
+    """How many anchor groups a batch formed and how large they are (GiGPO diagnostics)."""
+    sizes = [len(v) for v in _group_indices(group_keys).values()]
+    multi = [s for s in sizes if s > 1]
+    return {"step_groups": len(sizes), "step_groups_multi": len(multi),
+            "step_group_size_mean": float(np.mean(sizes)) if sizes else 0.0,
+            "step_group_size_max": max(sizes) if sizes else 0,
+            "steps_in_multi_groups": float(sum(multi) / max(sum(sizes), 1))}
+
+
+# Outcome-level estimators: one advantage per trajectory from its return (GiGPO is per step, above).
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., np.ndarray]] = {
     "grpo": grpo_advantages,
     "drgrpo": drgrpo_advantages,
 }
 
+ALGORITHMS = ("gigpo", "grpo", "drgrpo")
+
 # Default loss aggregation per algorithm (verl's loss_agg_mode names).
 DEFAULT_LOSS_AGG = {
+    "gigpo": "token-mean",
     "grpo": "token-mean",
     "drgrpo": "seq-mean-token-sum-norm",
 }

@@ -32,7 +32,7 @@ class TrainConfig:
     env_kwargs: dict = _f({}, "Keyword arguments for the env, e.g. {'level': 2} or {'source': 'gsm8k'}.")
     layers: str = _f("middle", "Layer selection: 15, -1, 12,14,16, 12-16, middle, mid:K, all, none, 15.mlp, re:PATTERN.")
     also_train: list = _f([], "Non-block parameters to train as well: embeddings, final_norm, lm_head.")
-    algo: str = _f("grpo", "Advantage estimator: grpo or drgrpo.")
+    algo: str = _f("grpo", "Advantage estimator: gigpo, grpo or drgrpo.")
     steps: int = _f(20, "Number of RL steps (each: sample a batch, then update).")
     num_tasks: int = _f(8, "Tasks (prompts / env resets) per step.")
     num_generations: int = _f(8, "Rollouts per task (the group size G); at least 2.")
@@ -43,6 +43,14 @@ class TrainConfig:
     top_p: float = _f(1.0, "Nucleus sampling for rollouts.")
     prompt_template: str | None = _f(None, "User-message template with {observation}; default per domain.")
     system_prompt: str | None = _f(None, "System message; default keeps the chat template's own.")
+    history_length: int = _f(2, "Recent (observation, action) pairs shown in each multi-turn prompt.")
+    invalid_action_penalty: float | None = _f(None, "Subtracted from a step's reward when its action is invalid (default: 0.1 for agentic envs, 0 otherwise).")
+    gamma: float = _f(0.95, "GiGPO: discount for step-level returns.")
+    omega: float = _f(1.0, "GiGPO: weight of the step-level advantage.")
+    gigpo_mode: str = _f("mean_std_norm", "GiGPO normalisation: mean_std_norm or mean_norm.")
+    anchor: str = _f("observation", "GiGPO step grouping key: observation (verl-agent) or state (the env's true-state key).")
+    similarity_threshold: float | None = _f(None, "GiGPO: group anchors whose difflib ratio >= this (default: exact match).")
+    episode_stats: str = _f("trajectory", "GiGPO episode-level statistics: trajectory (one return each) or step (verl-agent pooling).")
     lr: float = _f(3e-5, "AdamW learning rate, shared by every selection (the paper's rule).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_steps: int = _f(0, "Linear lr warm-up steps.")
@@ -53,6 +61,7 @@ class TrainConfig:
     num_iterations: int = _f(1, "Policy updates per sampled batch (PPO epochs).")
     mini_batch_size: int | None = _f(None, "Rollouts per optimizer step within an iteration (default: the whole batch).")
     micro_batch_size: int = _f(16, "Rollouts per forward/backward pass (gradient accumulation).")
+    reuse_lower_hidden: bool = _f(True, "Run the frozen blocks below the lowest trained block once per batch and reuse their output.")
     logprob_chunk_size: int = _f(1024, "Tokens per chunk when computing log-probs (bounds logits memory).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     kl_metric: bool = _f(True, "Log the KL to the reference even when beta is 0 (one extra no-grad forward).")
@@ -104,12 +113,24 @@ class TrainConfig:
         """Raise UserError naming the first bad value (everything checkable before loading the model)."""
         import gymnasium as gym
 
-        from onelayer.training.advantages import ADVANTAGE_ESTIMATORS
+        from onelayer.training.advantages import ALGORITHMS
         from onelayer.training.layers import parse_layer_spec
         from onelayer.training.losses import LOSS_AGG_MODES
 
-        if self.algo not in ADVANTAGE_ESTIMATORS:
-            raise UserError(f"unknown algorithm {self.algo!r}: choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+        if self.algo not in ALGORITHMS:
+            raise UserError(f"unknown algorithm {self.algo!r}: choose one of {', '.join(ALGORITHMS)}")
+        if self.gigpo_mode not in ("mean_std_norm", "mean_norm"):
+            raise UserError(f"unknown gigpo_mode {self.gigpo_mode!r}: use mean_std_norm or mean_norm")
+        if self.anchor not in ("observation", "state"):
+            raise UserError(f"unknown anchor {self.anchor!r}: use observation or state")
+        if self.episode_stats not in ("trajectory", "step"):
+            raise UserError(f"unknown episode_stats {self.episode_stats!r}: use trajectory or step")
+        if self.similarity_threshold is not None and not 0 < self.similarity_threshold <= 1:
+            raise UserError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold}")
+        if not 0 <= self.gamma <= 1:
+            raise UserError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.history_length < 0:
+            raise UserError(f"history_length must be >= 0, got {self.history_length}")
         if self.env not in gym.registry:
             known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
             raise UserError(f"unknown env id {self.env!r}: onelayer envs are {', '.join(known)} (or register your own with gymnasium)")

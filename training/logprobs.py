@@ -7,6 +7,8 @@ whole batch never sit in memory at once.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -32,16 +34,21 @@ def _chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: floa
 
 def response_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-    temperature: float = 1.0, chunk_size: int = 1024,
+    temperature: float = 1.0, chunk_size: int = 1024, lower: LowerStack | None = None,
+    lower_hidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of the tokens marked by ``response_mask``.
 
     Inputs are (batch, T) right-padded; outputs are (batch, T) with values at
     response positions (the log-prob of token t given tokens < t) and 0 elsewhere.
-    Gradients flow only into parameters that require them.
+    Gradients flow only into parameters that require them. With ``lower`` and
+    ``lower_hidden`` (from ``LowerStack.capture`` on the same batch) the frozen
+    blocks below the trained ones are not run again.
     """
     body, head = decoder_body(model), model.get_output_embeddings()
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    ctx = lower.replay(lower_hidden) if lower is not None and lower_hidden is not None else contextlib.nullcontext()
+    with ctx:
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     mask = response_mask[:, 1:].bool()
     hs = hidden[:, :-1][mask]  # (N, H): states that predict response tokens
     targets = input_ids[:, 1:][mask]
@@ -62,3 +69,78 @@ def response_logprobs(
         out_ent = out_ent.masked_scatter(mask, torch.cat(ents))
     pad = torch.zeros((mask.shape[0], 1), dtype=torch.float32, device=input_ids.device)
     return torch.cat([pad, out_lp], dim=1), torch.cat([pad, out_ent], dim=1)
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Passthrough(torch.nn.Module):
+    """Stands in for a frozen block whose output is replayed from a cache."""
+
+    def __init__(self, tuple_output: bool):
+        super().__init__()
+        self.tuple_output = tuple_output
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.tuple_output else hidden_states
+
+
+class LowerStack:
+    """Runs the frozen blocks below the lowest trained block once per batch and replays their output.
+
+    When only blocks >= l train, the hidden states entering block l are the same
+    for the old policy, the current policy (every PPO epoch) and the reference,
+    so they are computed once without autograd and reused.
+    """
+
+    def __init__(self, model, blocks, first_trained: int):
+        if first_trained <= 0:
+            raise ValueError("nothing below block 0 to cache")
+        self.model, self.blocks, self.first = model, blocks, first_trained
+        self._tuple_output: bool | None = None
+
+    def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states entering block ``first`` (no grad); the forward stops there."""
+        store = {}
+
+        def grab(module, args, kwargs):
+            store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            raise _StopForward
+
+        def out_type(module, args, output):
+            self._tuple_output = isinstance(output, tuple)
+
+        h1 = self.blocks[self.first].register_forward_pre_hook(grab, with_kwargs=True)
+        h2 = self.blocks[self.first - 1].register_forward_hook(out_type)
+        try:
+            with torch.no_grad():
+                decoder_body(self.model)(input_ids=input_ids, attention_mask=attention_mask)
+        except _StopForward:
+            pass
+        finally:
+            h1.remove()
+            h2.remove()
+        return store["h"]
+
+    @contextlib.contextmanager
+    def replay(self, hidden: torch.Tensor):
+        """Inside this context a forward skips blocks < first and feeds ``hidden`` into block ``first``."""
+        originals = [self.blocks[i] for i in range(self.first)]
+
+        def feed(module, args, kwargs):
+            if args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = hidden
+            return args, kwargs
+
+        for i in range(self.first):
+            self.blocks[i] = _Passthrough(bool(self._tuple_output))
+        handle = self.blocks[self.first].register_forward_pre_hook(feed, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for i, m in enumerate(originals):
+                self.blocks[i] = m

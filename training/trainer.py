@@ -38,10 +38,15 @@ from onelayer.envs import env_domain
 from onelayer.errors import TrainingError, UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
-from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, no_signal_groups
+from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, gigpo_advantages, step_group_stats
 from onelayer.training.config import TrainConfig
-from onelayer.training.layers import LayerSelection, apply_selection, select_parameters
-from onelayer.training.logprobs import response_logprobs
+from onelayer.training.layers import (
+    LayerSelection,
+    apply_selection,
+    find_decoder_blocks,
+    select_parameters,
+)
+from onelayer.training.logprobs import LowerStack, response_logprobs
 from onelayer.training.losses import agg_norm, aggregate, kl_k3, ppo_clip_token_loss
 
 # Options that may differ when resuming (everything else must match the stored run).
@@ -89,6 +94,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, model=None, tokenizer=None):
         config.validate()
+        self._row_hidden: dict[int, torch.Tensor] = {}
         self.config = config
         self.run_dir = Path(config.out or config.default_out())
         if model is None:
@@ -112,8 +118,13 @@ class Trainer:
         self._check_optimizer()
         # Reference weights: the initial values of the trained tensors only (the rest never change).
         self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
+        self.lower = self._lower_stack()
         self.engine = HFEngine(model, tokenizer, max_batch_size=config.rollout_batch_size)
-        self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt)
+        self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt,
+                                                config.history_length)
+        self.parse_actions = self.domain == "agentic"
+        self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
+                                else (0.1 if self.domain == "agentic" else 0.0))
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self.envs = self._make_envs()
         self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
@@ -151,6 +162,15 @@ class Trainer:
             raise TrainingError(
                 f"optimizer holds {len(in_opt)} tensors, {len(trainable)} require grad, the selection has "
                 f"{len(selected)}: they must be the same set")
+
+    def _lower_stack(self) -> LowerStack | None:
+        """Reuse the frozen blocks' output below the lowest trained block (when everything trained is a block)."""
+        low, sel = self.selection.lowest_layer, self.selection
+        if not self.config.reuse_lower_hidden or not low or not sel.blocks_path:
+            return None
+        if not all(n.startswith(sel.blocks_path + ".") for n in sel.param_names):
+            return None
+        return LowerStack(self.model, find_decoder_blocks(self.model)[1], low)
 
     def _make_envs(self) -> list[gym.Env]:
         c = self.config
@@ -205,7 +225,8 @@ class Trainer:
         c = self.config
         params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, derive_seed("sample", c.seed, step))
         trajs = collect(self.engine, self.prompts, self.envs, self._episodes(step), params,
-                        max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length)
+                        max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
+                        parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty)
         if self.reward_funcs:
             steps = [s for t in trajs for s in t.steps]
             prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
@@ -219,10 +240,30 @@ class Trainer:
         return trajs
 
     # --------------------------------------------------------------- training
-    def advantages(self, trajs: list[Trajectory]) -> np.ndarray:
-        """One advantage per trajectory from its return, grouped by task (group index within the batch)."""
-        fn = ADVANTAGE_ESTIMATORS[self.config.algo]
-        return fn([t.episode_return for t in trajs], [t.group for t in trajs])
+    def advantages(self, trajs: list[Trajectory]) -> tuple[list[np.ndarray], dict]:
+        """Per-step advantages for every trajectory (one array each) and estimator diagnostics.
+
+        GRPO / Dr. GRPO: one advantage per trajectory from its return, broadcast to its steps.
+        GiGPO: episode-level plus step-level (anchor groups) advantages, per step.
+        Groups are the tasks of the batch (``Trajectory.group``).
+        """
+        c = self.config
+        if c.algo != "gigpo":
+            adv = ADVANTAGE_ESTIMATORS[c.algo]([t.episode_return for t in trajs], [t.group for t in trajs])
+            return [np.full(t.length, a) for t, a in zip(trajs, adv)], {}
+        flat = [(t.group, e, (s.state_anchor if c.anchor == "state" and s.state_anchor is not None else s.anchor), s.reward)
+                for e, t in enumerate(trajs) for s in t.steps]
+        if not flat:
+            return [np.zeros(0) for _ in trajs], {}
+        groups, episodes, anchors, rewards = zip(*flat)
+        adv, _, _, keys = gigpo_advantages(groups, episodes, anchors, rewards, gamma=c.gamma, omega=c.omega,
+                                           mode=c.gigpo_mode, similarity_threshold=c.similarity_threshold,
+                                           episode_stats=c.episode_stats, return_parts=True)
+        out, pos = [], 0
+        for t in trajs:
+            out.append(np.asarray(adv[pos : pos + t.length]))
+            pos += t.length
+        return out, step_group_stats(keys)
 
     @contextlib.contextmanager
     def _reference_weights(self):
@@ -253,31 +294,52 @@ class Trainer:
         adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None]
         return ids.to(device), attn.to(device), resp.to(device), adv.to(device)
 
-    def _logprobs(self, ids, attn, resp):
-        return response_logprobs(self.model, ids, attn, resp, self.config.temperature, self.config.logprob_chunk_size)
+    def _logprobs(self, ids, attn, resp, idx: list[int] | None = None):
+        """Response log-probs; rows ``idx`` of the batch replay cached lower-block output when available."""
+        hidden = None
+        if self.lower is not None and idx is not None and idx and all(i in self._row_hidden for i in idx):
+            hidden = torch.zeros((len(idx), ids.shape[1], self._row_hidden[idx[0]].shape[-1]),
+                                 dtype=self._row_hidden[idx[0]].dtype, device=ids.device)
+            for j, i in enumerate(idx):
+                h = self._row_hidden[i]
+                hidden[j, : h.shape[0]] = h
+        return response_logprobs(self.model, ids, attn, resp, self.config.temperature, self.config.logprob_chunk_size,
+                                 lower=self.lower if hidden is not None else None, lower_hidden=hidden)
 
-    def update(self, trajs: list[Trajectory], adv: np.ndarray) -> dict:
-        """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics."""
+    def update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
+        """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics.
+
+        ``adv`` holds one array per trajectory with one advantage per step; each step's
+        response tokens get that step's advantage.
+        """
         c = self.config
-        rows = [_Row(s.prompt_ids, s.response_ids, float(a)) for t, a in zip(trajs, adv) for s in t.steps if s.response_ids]
+        rows = [_Row(s.prompt_ids, s.response_ids, float(a)) for t, a_t in zip(trajs, adv)
+                for s, a in zip(t.steps, a_t) if s.response_ids]
         stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
                  "optimizer_steps": 0}
         if not rows:
             return stats
         mb = c.micro_batch_size
-        # Reference / old-policy log-probs on the whole batch, before any update (no grad).
+        # Reference / old-policy log-probs on the whole batch, before any update (no grad);
+        # the frozen lower blocks run here once and their output is kept per row for every later pass.
         old_lp, ref_lp = [None] * len(rows), [None] * len(rows)
-        with torch.no_grad():
-            for s in range(0, len(rows), mb):
-                chunk = rows[s : s + mb]
-                ids, attn, resp, _ = self._batch_tensors(chunk)
-                if c.num_iterations > 1:
-                    lp, _ = self._logprobs(ids, attn, resp)
-                    old_lp[s : s + mb] = list(lp)
-                if self.ref_values is not None:
-                    with self._reference_weights():
-                        lp, _ = self._logprobs(ids, attn, resp)
-                    ref_lp[s : s + mb] = list(lp)
+        self._row_hidden = {}
+        if c.num_iterations > 1 or self.ref_values is not None:
+            with torch.no_grad():
+                for s in range(0, len(rows), mb):
+                    idx = list(range(s, min(len(rows), s + mb)))
+                    ids, attn, resp, _ = self._batch_tensors([rows[i] for i in idx])
+                    if self.lower is not None:
+                        h = self.lower.capture(ids, attn)
+                        for j, i in enumerate(idx):
+                            self._row_hidden[i] = h[j, : int(attn[j].sum())]
+                    if c.num_iterations > 1:
+                        lp, _ = self._logprobs(ids, attn, resp, idx)
+                        old_lp[s : s + mb] = list(lp)
+                    if self.ref_values is not None:
+                        with self._reference_weights():
+                            lp, _ = self._logprobs(ids, attn, resp, idx)
+                        ref_lp[s : s + mb] = list(lp)
         signal_rows = any(r.advantage != 0.0 for r in rows)
         if not signal_rows or self.optimizer is None:
             return self._measure_only(rows, ref_lp, stats)
@@ -299,7 +361,7 @@ class Trainer:
                     if c.beta == 0 and all(r.advantage == 0.0 for r in chunk):
                         continue  # contributes zero gradient; its tokens still count in `norm`
                     ids, attn, resp, a = self._batch_tensors(chunk)
-                    lp, ent = self._logprobs(ids, attn, resp)
+                    lp, ent = self._logprobs(ids, attn, resp, idx)
                     old = _stack([old_lp[i] for i in idx], lp.shape[1]) if c.num_iterations > 1 else lp.detach()
                     tok_loss, clipped = ppo_clip_token_loss(lp, old, a, c.epsilon, c.epsilon_high)
                     if self.ref_values is not None:
@@ -342,7 +404,7 @@ class Trainer:
             for s in range(0, len(rows), self.config.micro_batch_size):
                 chunk = rows[s : s + self.config.micro_batch_size]
                 ids, attn, resp, _ = self._batch_tensors(chunk)
-                lp, ent = self._logprobs(ids, attn, resp)
+                lp, ent = self._logprobs(ids, attn, resp, list(range(s, s + len(chunk))))
                 tokens += float(resp.sum())
                 ent_sum += float((ent * resp).sum())
                 if self.ref_values is not None:
@@ -437,9 +499,12 @@ class Trainer:
         t0 = time.time()
         trajs = self.sample(step)
         t1 = time.time()
-        adv = self.advantages(trajs)
+        adv, group_stats = self.advantages(trajs)
         returns = [t.episode_return for t in trajs]
         stats = self.update(trajs, adv)
+        flat_adv = np.concatenate(adv) if adv else np.zeros(0)
+        no_signal = sum(1 for g in {t.group for t in trajs}
+                        if all(np.all(a == 0) for t, a in zip(trajs, adv) if t.group == g))
         t2 = time.time()
         steps = [s for t in trajs for s in t.steps]
         return {
@@ -447,15 +512,16 @@ class Trainer:
             "reward": float(np.mean(returns)),
             "reward_std": float(np.std(returns)),
             "success_rate": float(np.mean([t.success for t in trajs])),
-            "advantage_abs_mean": float(np.mean(np.abs(adv))),
-            "no_signal_groups": no_signal_groups(returns, [t.group for t in trajs]),
+            "advantage_abs_mean": float(np.mean(np.abs(flat_adv))) if len(flat_adv) else 0.0,
+            "no_signal_groups": no_signal,
             "truncated_fraction": float(np.mean([s.response_truncated for s in steps])) if steps else 0.0,
             "episode_truncated_fraction": float(np.mean([t.truncated for t in trajs])),
             "invalid_action_rate": float(np.mean([s.invalid_action for s in steps])) if steps else 0.0,
             "response_length": float(np.mean([len(s.response_ids) for s in steps])) if steps else 0.0,
             "episode_length": float(np.mean([t.length for t in trajs])),
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0,
-            **{k: v for k, v in stats.items()},
+            **stats,
+            **group_stats,
             "time/sampling_s": t1 - t0,
             "time/training_s": t2 - t1,
         }

@@ -1,0 +1,186 @@
+"""``onelayer/Code-v0``: write a Python function; it is tested in a sandbox.
+
+``reset(seed=...)`` returns a problem (function signature + docstring) and asks for
+the complete function in a ```` ```python ```` block; ``step(reply)`` extracts the
+code (:mod:`code_extract`), runs the problem's tests in a sandbox
+(:mod:`code_harness`, :mod:`sandbox`) and rewards 1 when every test passes
+(``reward="binary"``) or the fraction of tests passed (``reward="fraction"``).
+
+``mode="single"`` ends the episode after one submission. ``mode="multi"`` turns a
+failing submission into feedback (which test failed, the error, the candidate's
+traceback) as the next observation, for up to ``max_attempts`` submissions; the
+episode ends at the first pass. Each step's reward is that submission's score.
+
+``info`` after a step: ``task_id`` (the dataset's own id, e.g. ``HumanEval/0``),
+``anchor`` (the returned observation's text), ``won``/``success``/``passed``,
+``pass_fraction``, ``error`` ('' when passed), ``syntax_error``, ``timeout``,
+``invalid_action`` (no code found in the reply), ``attempt`` and ``method`` (how
+the code was found).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from onelayer.envs.code_data import NAMED_DATASETS, SPLITS, CodeProblem, load_split
+from onelayer.envs.code_extract import extract_code
+from onelayer.envs.code_harness import TestOutcome, clean_text, prompt_context, run_tests
+from onelayer.errors import UserError
+
+MODES = ("single", "multi")
+REWARDS = ("binary", "fraction")
+_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, signature included, "
+                "in a single ```python code block.")
+_FEEDBACK_TAIL = "Fix the function and reply with the complete corrected function in a single ```python code block."
+_NO_CODE = "no code found: reply with the complete function in a ```python code block"
+_FEEDBACK_RESERVE = 2048  # room for feedback text on top of the problem in a multi-turn observation
+
+
+class CodeEnv(gym.Env):
+    """Python function synthesis with sandboxed tests.
+
+    Args:
+        dataset: ``humaneval`` (164 problems, offline), ``humaneval+``, ``mbpp+`` (EvalPlus
+            data files, see :mod:`code_data`) or a path to a HumanEval-schema ``.jsonl``.
+        split: ``train`` / ``eval`` (a fixed hash split of the task ids, ~2/3 / ~1/3)
+            or ``all`` (every problem; use it to score the full benchmark).
+        mode: ``single`` (one submission) or ``multi`` (test feedback, up to ``max_attempts``).
+        max_attempts: submissions per episode in ``multi`` mode (the registered id also
+            truncates at 4 steps).
+        reward: ``binary`` (1 if all tests pass) or ``fraction`` (share of test units passed).
+        timeout_s: wall-clock limit of one test run (default 5 s; 15 s for EvalPlus data,
+            whose many inputs run through the reference solution too).
+        memory_mb: address-space limit of the tested program.
+        isolation: sandbox level to force (``namespaces``, ``userns``, ``process``); default: the best available.
+        max_length: longest observation/action text the spaces admit.
+    """
+
+    metadata = {"render_modes": [], "onelayer_domain": "code"}
+
+    def __init__(self, dataset: str = "humaneval", split: str = "train", mode: str = "single",
+                 max_attempts: int = 3, reward: str = "binary", timeout_s: float | None = None,
+                 memory_mb: int = 1024, isolation: str | None = None, max_length: int = 16384):
+        if not isinstance(dataset, str) or not dataset:
+            raise UserError(f"dataset must be one of {', '.join(NAMED_DATASETS)} or a .jsonl path, got {dataset!r}")
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r} for onelayer/Code-v0: use one of {', '.join(SPLITS)}")
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r} for onelayer/Code-v0: use 'single' or 'multi'")
+        if reward not in REWARDS:
+            raise UserError(f"unknown reward {reward!r} for onelayer/Code-v0: use 'binary' or 'fraction'")
+        if int(max_attempts) < 1:
+            raise UserError(f"max_attempts must be at least 1, got {max_attempts}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise UserError(f"timeout_s must be positive, got {timeout_s}")
+        self.dataset, self.split, self.mode, self.reward_kind = dataset, split, mode, reward
+        self.max_attempts = 1 if mode == "single" else int(max_attempts)
+        self.memory_mb, self.isolation = int(memory_mb), isolation
+        self._problems = load_split(dataset, split)
+        self.timeout_s = float(timeout_s) if timeout_s is not None else (
+            15.0 if self._problems[0].inputs is not None else 5.0)
+        self._index = {p.task_id: i for i, p in enumerate(self._problems)}
+        self._prompts = [render_problem(p) for p in self._problems]
+        longest = max(len(t) for t in self._prompts)
+        if longest + _FEEDBACK_RESERVE > max_length:
+            raise UserError(f"max_length={max_length} is too small: the longest problem of {dataset!r} needs "
+                            f"{longest + _FEEDBACK_RESERVE} characters with feedback; raise max_length")
+        charset = set(string.printable)
+        for text in self._prompts:
+            charset.update(text)
+        charset = "".join(sorted(charset))
+        self.observation_space = spaces.Text(max_length=max_length, min_length=0, charset=charset)
+        self.action_space = spaces.Text(max_length=max_length, min_length=0, charset=charset)
+        self._max_length = max_length
+        self._problem: CodeProblem | None = None
+        self._prompt = ""
+        self._attempt = 0
+        self._done = True
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of problems in this split."""
+        return len(self._problems)
+
+    def task_ids(self) -> list[str]:
+        """The dataset ids of this split's problems, in order (index ``i`` is ``options={"task_id": i}``)."""
+        return [p.task_id for p in self._problems]
+
+    def _resolve(self, task_id) -> int:
+        if isinstance(task_id, str) and task_id in self._index:
+            return self._index[task_id]
+        if isinstance(task_id, str) and not task_id.strip().lstrip("-").isdigit():
+            raise UserError(f"task_id {task_id!r} is not in the {self.split!r} split of {self.dataset!r} "
+                            f"({self.num_tasks} problems, e.g. {self._problems[0].task_id!r}); use split='all' "
+                            "or an index")
+        try:
+            index = int(task_id)
+        except (TypeError, ValueError):
+            raise UserError(f"bad task_id {task_id!r}: use a dataset id such as 'HumanEval/0' or an index") from None
+        if not 0 <= index < self.num_tasks:
+            raise UserError(f"task_id index {index} out of range: this split has problems 0..{self.num_tasks - 1}")
+        return index
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "task_id" in options:
+            index = self._resolve(options["task_id"])
+        else:
+            # The seed alone picks the problem, so equal seeds give equal tasks (GRPO groups).
+            n = self.num_tasks
+            index = random.Random(seed).randrange(n) if seed is not None else int(self.np_random.integers(n))
+        self._problem = self._problems[index]
+        self._prompt = self._prompts[index]
+        self._attempt = 0
+        self._done = False
+        info = {"task_id": self._problem.task_id, "anchor": self._prompt, "entry_point": self._problem.entry_point,
+                "attempt": 0}
+        return self._prompt, info
+
+    def step(self, action: str):
+        if self._problem is None or self._done:
+            raise RuntimeError("onelayer/Code-v0: call reset() before step(); the episode has ended")
+        problem = self._problem
+        self._attempt += 1
+        extracted = extract_code(str(action), problem.prompt, problem.entry_point)
+        if extracted.code is None:
+            outcome = TestOutcome(False, 0.0, 0, 0, _NO_CODE, _NO_CODE)
+        else:
+            outcome = run_tests(problem, extracted.code, timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                                isolation=self.isolation)
+        reward = 1.0 if outcome.passed else 0.0
+        if self.reward_kind == "fraction":
+            reward = 1.0 if outcome.passed else float(outcome.pass_fraction)
+        terminated = outcome.passed or self._attempt >= self.max_attempts
+        self._done = terminated
+        obs = "" if terminated else self._feedback(outcome)
+        info = {
+            "task_id": problem.task_id, "anchor": obs, "won": outcome.passed, "success": outcome.passed,
+            "passed": outcome.passed, "pass_fraction": float(outcome.pass_fraction), "error": outcome.error,
+            "syntax_error": outcome.syntax_error, "timeout": outcome.timeout,
+            "invalid_action": extracted.code is None, "attempt": self._attempt, "method": extracted.method,
+        }
+        return obs, reward, terminated, False, info
+
+    def _feedback(self, outcome: TestOutcome) -> str:
+        head = (f"Your solution did not pass the tests (attempt {self._attempt} of {self.max_attempts}).\n"
+                f"{outcome.details or outcome.error}\n\n{_FEEDBACK_TAIL}\n\n")
+        room = self._max_length - len(self._prompt)
+        return clean_text(head)[:room] + self._prompt
+
+
+def render_problem(problem: CodeProblem) -> str:
+    """The first observation of a problem: instructions, then its prompt."""
+    prompt = problem.prompt.strip("\n")
+    if f"def {problem.entry_point}" in prompt:
+        return f"{_INSTRUCTION}\n\n```python\n{prompt}\n```\n"
+    # MBPP+-style prompts describe the task in a docstring without a signature.
+    text = prompt.strip().strip('"').strip()
+    helpers = prompt_context(problem.prompt, problem.entry_point)
+    extra = f"\n\nYou may use these definitions:\n```python\n{helpers.strip()}\n```" if helpers else ""
+    return (f"Write a Python function named `{problem.entry_point}` for the task below. Reply with the complete "
+            f"function in a single ```python code block.\n\n{text}{extra}\n")

@@ -1,0 +1,267 @@
+"""Test a candidate program against a code problem in the sandbox, and say what went wrong.
+
+``run_tests(problem, code)`` ships ``code_runner.py`` (as the sandbox's ``main.py``)
+with a pickled task: the candidate, the problem's tests split into units, or its
+EvalPlus inputs and reference solution. The runner reports one event per unit as
+it goes, so a submission that hangs halfway still gets credit for the units that
+finished. All feedback text is ASCII and free of run-dependent details (memory
+addresses, temp paths, durations), so equal failures give equal observations.
+
+What the candidate cannot do: fake results by printing (events carry a per-run tag
+it is not given), read the tests or the reference solution (deleted before it
+loads), or change the prompt's helpers the tests use. What it still can, as with
+HumanEval's own harness: tamper with the runner from inside its own process (e.g.
+return an object whose ``__eq__`` is always true). The sandbox bounds the damage to
+that one verdict.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import pathlib
+import pickle
+import re
+import secrets
+import signal
+from dataclasses import dataclass
+
+from onelayer.envs.code_data import CodeProblem
+from onelayer.envs.sandbox import run_in_sandbox
+from onelayer.errors import UserError
+
+_RUNNER = pathlib.Path(__file__).with_name("code_runner.py")
+_TAG_VAR = "ONELAYER_RESULT_TAG"
+# EvalPlus' special oracles (evalplus/eval/__init__.py): entry point -> how outputs are compared.
+_MBPP_ORACLES = {
+    "are_equivalent": "always", "sum_div": "zero_ok", "surface_Area": "surface_area",
+    "digit_distance_nums": "digit_distance", "check_str": "not_none", "text_match_three": "not_none",
+    "text_starta_endb": "not_none",
+    **dict.fromkeys(("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
+                     "larg_nnum", "intersection_array", "find_dissimilar", "Diff"), "set_eq"),
+}
+_MAX_ERROR = 300
+_MAX_DETAILS = 1200
+
+
+class SandboxFailure(RuntimeError):
+    """The sandbox itself failed (not the candidate): the message carries its stderr."""
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """The verdict on one candidate.
+
+    ``passed``: every unit passed and the run finished. ``pass_fraction``: units passed
+    / units (0 on a syntax or load error). ``error``: one short line ('' when passed).
+    ``details``: the failing test, its error and the candidate's traceback (for feedback).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    passed: bool
+    pass_fraction: float
+    units_passed: int
+    units_total: int
+    error: str
+    details: str
+    syntax_error: bool = False
+    timeout: bool = False
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    """How a problem is tested: its units, and what the runner needs."""
+
+    __test__ = False  # not a pytest test class
+
+    kind: str  # "asserts" or "io"
+    context: str  # the prompt's imports and helper definitions
+    prelude: str = ""  # test code outside check()
+    steps: tuple[tuple[str, bool], ...] = ()  # (statement source, is a test unit)
+    unit_texts: tuple[str, ...] = ()  # the source of each unit, for messages
+
+    @property
+    def num_units(self) -> int:
+        """How many units pass_fraction is out of (asserts kind; io counts inputs)."""
+        return len(self.unit_texts)
+
+
+def run_tests(problem: CodeProblem, code: str, *, timeout_s: float = 5.0, memory_mb: int = 1024,
+              isolation: str | None = None) -> TestOutcome:
+    """Run ``problem``'s tests on the candidate program ``code`` in the sandbox."""
+    plan = plan_tests(problem)
+    tag = secrets.token_hex(16)
+    task = {"kind": plan.kind, "entry_point": problem.entry_point, "solution": code, "context": plan.context}
+    if plan.kind == "io":
+        total = len(problem.inputs or ())
+        task.update(reference=problem.reference_code, inputs=problem.inputs, atol=problem.atol,
+                    oracle=_oracle(problem))
+    else:
+        total = plan.num_units
+        task.update(prelude=plan.prelude, steps=list(plan.steps))
+    payload = pickle.dumps(task, protocol=4)
+    # EvalPlus inputs can be large: the sandbox's working directory must hold them (and leave room to spare).
+    disk_mb = max(64, 2 * (len(payload) >> 20) + 32)
+    result = run_in_sandbox(_runner_source(), timeout_s=timeout_s, memory_mb=memory_mb,
+                            files={"task.pkl": payload}, env={_TAG_VAR: tag}, isolation=isolation,
+                            disk_mb=disk_mb, max_file_mb=max(16, disk_mb), max_output_bytes=8 << 20)
+    if result.status == "error":
+        raise SandboxFailure(f"the sandbox could not run {problem.task_id}: {result.stderr.strip()[-1000:]}")
+    events = parse_events(result.stdout, tag)
+    return _verdict(problem, plan, total, events, result.status, result.returncode, result.stderr, timeout_s)
+
+
+def parse_events(stdout: str, tag: str) -> list[dict]:
+    """The runner's tagged JSON events in ``stdout`` (anything else is ignored)."""
+    events = []
+    for line in stdout.split("\n"):
+        if line.startswith(tag):
+            try:
+                events.append(json.loads(line[len(tag):]))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def _verdict(problem, plan, total, events, status, returncode, stderr, timeout_s) -> TestOutcome:
+    by_kind: dict[str, list[dict]] = {}
+    for e in events:
+        by_kind.setdefault(e.get("event", ""), []).append(e)
+    if "fatal" in by_kind:
+        raise UserError(f"{problem.task_id}: {by_kind['fatal'][0].get('error')}: the problem's data is broken")
+    if "syntax_error" in by_kind:
+        msg = by_kind["syntax_error"][0].get("error", "")
+        return _fail(total, 0, f"syntax error: {msg}", f"SyntaxError: {msg}", syntax_error=True)
+    if "load_error" in by_kind:
+        e = by_kind["load_error"][0]
+        details = "\n".join(x for x in (e.get("error", ""), e.get("trace", "")) if x)
+        return _fail(total, 0, f"error while loading the solution: {e.get('error', '')}", details)
+    units = {u["i"]: u for u in by_kind.get("unit", []) if isinstance(u.get("i"), int)}
+    passed = sum(1 for u in units.values() if u.get("ok"))
+    done = "done" in by_kind and status == "ok"
+    if done and passed == total and total > 0:
+        return TestOutcome(True, 1.0, passed, total, "", "")
+    failed = sorted(i for i, u in units.items() if not u.get("ok"))
+    if failed:
+        i = failed[0]
+        u = units[i]
+        label = f"test {i + 1} of {total} failed"
+        if plan.kind == "asserts":
+            test = plan.unit_texts[i] if i < len(plan.unit_texts) else "?"
+            details = f"Failed test: {test}\nError: {u.get('error', '')}"
+        else:
+            test = f"input {u.get('input', '?')}"
+            details = f"Failed on input: {u.get('input', '?')}"
+            if u.get("error") == "wrong output":
+                details += f"\nExpected: {u.get('expected', '?')}\nGot: {u.get('got', '?')}"
+            else:
+                details += f"\nError: {u.get('error', '')}"
+        if u.get("trace"):
+            details += "\nTraceback (your code):\n" + u["trace"]
+        error = f"{label}: {_short(test, 160)}: {u.get('error', '')}"
+    else:
+        error, details = "", ""
+    if "setup_error" in by_kind:
+        s = by_kind["setup_error"][0]
+        error = error or f"the tests stopped: {s.get('error', '')}"
+        details = details or "\n".join(x for x in (s.get("error", ""), s.get("trace", "")) if x)
+    if not done:
+        if status == "timeout":
+            error = f"timeout: the tests did not finish within {timeout_s:g} s ({passed} of {total} passed before)"
+            details = (details + "\n" if details else "") + (
+                f"Your code did not finish within {timeout_s:g} seconds: an infinite loop or a too slow algorithm?")
+            return _fail(total, passed, error, details, timeout=True)
+        if status == "killed" and returncode is not None:
+            name = _signal_name(-returncode)
+            error = f"the program was killed by {name} (memory limit or a crash) ({passed} of {total} passed before)"
+            return _fail(total, passed, error, (details + "\n" if details else "") + error)
+        if not error:
+            tail = _short(stderr.strip().split("\n")[-1] if stderr.strip() else "", 200)
+            error = f"the program exited before the tests finished (exit code {returncode})" + (
+                f": {tail}" if tail else "")
+            details = (details + "\n" if details else "") + error
+    return _fail(total, passed, error or "not every test passed", details)
+
+
+def _fail(total: int, passed: int, error: str, details: str, *, syntax_error: bool = False,
+          timeout: bool = False) -> TestOutcome:
+    fraction = passed / total if total else 0.0
+    return TestOutcome(False, fraction, passed, total, clean_text(_short(error, _MAX_ERROR)),
+                       clean_text(_short(details, _MAX_DETAILS)), syntax_error=syntax_error, timeout=timeout)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clean_text(text: str) -> str:
+    """ASCII only (others backslash-escaped), no control characters but newline/tab, no memory addresses."""
+    text = re.sub(r"0x[0-9a-fA-F]{6,}", "0x...", text)
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c in "\n\t" or 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in text)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _oracle(problem: CodeProblem) -> str | None:
+    if problem.source == "mbpp+":
+        return _MBPP_ORACLES.get(problem.entry_point)
+    if problem.source == "humaneval+" and problem.entry_point == "find_zero":
+        return "find_zero"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _runner_source() -> str:
+    return _RUNNER.read_text()
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_tests(problem: CodeProblem) -> TestPlan:
+    """Split ``problem``'s tests into units (each statement of ``check`` holding an assert)."""
+    context = prompt_context(problem.prompt, problem.entry_point)
+    if problem.inputs is not None:
+        if problem.reference_code is None:
+            raise UserError(f"{problem.task_id}: EvalPlus-style inputs need a canonical_solution")
+        return TestPlan("io", context)
+    try:
+        module = ast.parse(problem.test)
+    except SyntaxError as e:
+        raise UserError(f"{problem.task_id}: its test code does not parse (line {e.lineno}: {e.msg})") from None
+    check = next((n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+    if check is not None:
+        prelude_nodes = [n for n in module.body if n is not check and not _calls_check(n)]
+        body = check.body
+    else:
+        prelude_nodes, body = [], module.body
+    steps = tuple((ast.unparse(n), any(isinstance(x, ast.Assert) for x in ast.walk(n))) for n in body)
+    unit_texts = tuple(src for src, is_test in steps if is_test)
+    if not unit_texts:
+        raise UserError(f"{problem.task_id}: its test code has no assert statements to check the solution with")
+    prelude = "\n".join(ast.unparse(n) for n in prelude_nodes)
+    return TestPlan("asserts", context, prelude, steps, unit_texts)
+
+
+def _calls_check(node: ast.stmt) -> bool:
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name) and node.value.func.id == "check")
+
+
+def prompt_context(prompt: str, entry_point: str) -> str:
+    """The prompt's imports and definitions other than the entry point (helpers the solution may call)."""
+    try:
+        module = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
+            ast.AnnAssign)
+    parts = [ast.unparse(n) for n in module.body
+             if isinstance(n, keep) and getattr(n, "name", None) != entry_point]
+    return "\n\n".join(parts) + ("\n" if parts else "")

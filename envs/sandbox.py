@@ -1,0 +1,374 @@
+"""Run untrusted Python code in a sandbox: one fresh, isolated process tree per call.
+
+``run_in_sandbox(code, timeout_s, memory_mb)`` writes ``code`` to ``main.py`` in a
+private working directory, runs it with the current Python interpreter and returns
+a :class:`SandboxResult`. The strongest isolation the machine allows is picked once
+per process (see :func:`isolation_level`) and logged:
+
+``namespaces`` (root with CAP_SYS_ADMIN, e.g. a CI container or a server)
+    New PID, mount, network, IPC and UTS namespaces via util-linux ``unshare``.
+    The program sees a read-only root holding only the system libraries and the
+    Python installation, a private ``/tmp`` and its working directory ``/sandbox``
+    (size-limited tmpfs, gone when the run ends); no network interface is up; it
+    runs as an unprivileged uid of its own with an empty capability bounding set
+    and ``no_new_privs``. When the program ends or is killed, the kernel kills
+    every process left in its PID namespace (double-forked, ``setsid`` daemons too).
+``userns``
+    The same through an unprivileged user namespace (no root needed), except that
+    the program keeps the caller's uid (without capabilities).
+``process``
+    Fallback when namespaces are not permitted: a new session with resource limits
+    in a temporary directory; the process group is killed at the end and processes
+    that left it are found by an environment tag and killed. There is NO filesystem
+    or network isolation in this mode: a warning is logged.
+
+In every mode: a wall-clock limit, a CPU-time limit (``RLIMIT_CPU``), an address
+space limit (``RLIMIT_AS``), a process limit (``RLIMIT_NPROC``, against fork
+bombs), a file size limit (``RLIMIT_FSIZE``) and a cap on the captured output.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from onelayer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("namespaces", "userns", "process")
+_INIT = str(pathlib.Path(__file__).with_name("sandbox_init.py"))
+_TAG_VAR = "ONELAYER_SANDBOX_TAG"
+_BACKSTOP_S = 3.0
+# Uids handed to sandboxed programs in ``namespaces`` mode: far above any login or
+# system account, one per run, so RLIMIT_NPROC counts only that run's processes.
+UID_BASE, UID_SPAN = 1_700_000_000, 1 << 20
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/etc/ld.so.cache", "/etc/localtime")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How a sandboxed run ended.
+
+    ``status``: ``ok`` (exit code 0), ``failed`` (non-zero exit, e.g. an uncaught
+    exception), ``timeout`` (wall-clock or CPU limit), ``killed`` (ended by another
+    signal, e.g. SIGSEGV) or ``error`` (the sandbox itself could not start; see
+    ``stderr``). ``returncode`` is the exit code, or minus the signal number.
+    ``stdout``/``stderr`` are decoded (UTF-8, invalid bytes replaced) and capped at
+    ``max_output_bytes`` each. ``isolation`` is the level that ran it.
+    """
+
+    status: str
+    stdout: str
+    stderr: str
+    returncode: int | None
+    duration_s: float
+    isolation: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the program exited with code 0 within its limits."""
+        return self.status == "ok"
+
+
+def run_in_sandbox(
+    code: str,
+    timeout_s: float = 3.0,
+    memory_mb: int = 1024,
+    *,
+    files: Mapping[str, str | bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    max_processes: int = 32,
+    max_file_mb: int = 16,
+    disk_mb: int = 64,
+    max_output_bytes: int = 1 << 20,
+    isolation: str | None = None,
+    tmp_dir: str | os.PathLike | None = None,
+) -> SandboxResult:
+    """Run ``code`` as ``main.py`` with the current Python interpreter, isolated; never raises for bad code.
+
+    Args:
+        code: Python source of the program.
+        timeout_s: wall-clock limit; the CPU-time limit is ``ceil(timeout_s)`` seconds.
+        memory_mb: address-space limit of each process (``RLIMIT_AS``).
+        files: extra files for the working directory, ``{relative name: content}``.
+        env: extra environment variables (the environment is otherwise minimal).
+        max_processes: processes + threads the program may have at once (``RLIMIT_NPROC``).
+        max_file_mb: largest file it may write (``RLIMIT_FSIZE``).
+        disk_mb: size of its working directory and of its ``/tmp`` (namespaced modes).
+        max_output_bytes: how much of stdout and of stderr is kept.
+        isolation: force ``namespaces``, ``userns`` or ``process`` (default: the best available).
+        tmp_dir: where the run's temporary directory goes (default: the system's).
+    """
+    level = isolation or isolation_level()
+    if level not in LEVELS:
+        raise UserError(f"unknown sandbox isolation {level!r}: use one of {', '.join(LEVELS)}")
+    if timeout_s <= 0 or memory_mb <= 0 or max_processes < 1:
+        raise UserError(f"sandbox limits must be positive (timeout_s={timeout_s}, memory_mb={memory_mb}, "
+                        f"max_processes={max_processes})")
+    with tempfile.TemporaryDirectory(prefix="onelayer-sandbox-", dir=tmp_dir, ignore_cleanup_errors=True) as run_dir:
+        return _run(code, timeout_s, memory_mb, dict(files or {}), dict(env or {}), max_processes,
+                    max_file_mb, disk_mb, max_output_bytes, level, pathlib.Path(run_dir))
+
+
+def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, disk_mb, max_output_bytes,
+         level, run_dir: pathlib.Path) -> SandboxResult:
+    inbox = run_dir / "work"
+    inbox.mkdir()
+    _write_files(inbox, {"main.py": code, **files})
+    tag = secrets.token_hex(16)
+    namespaced = level != "process"
+    uid = (UID_BASE + secrets.randbelow(UID_SPAN)) if level == "namespaces" else None
+    if level == "process":
+        inbox.chmod(0o700)
+    params = {
+        "mode": level, "root": str(run_dir / "root"), "inbox": str(inbox),
+        "binds": _bind_paths(), "uid": uid, "gid": uid,
+        "limits": {"cpu_s": max(1, math.ceil(timeout_s)), "as_bytes": memory_mb << 20,
+                   "nproc": _nproc_limit(level, max_processes), "fsize_bytes": max_file_mb << 20,
+                   "nofile": 256, "core": 0},
+        "tmp_bytes": disk_mb << 20, "disk_bytes": disk_mb << 20,
+        "argv": [sys.executable, "-s", "-B", "main.py"],
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/sandbox" if namespaced else str(inbox),
+                "TMPDIR": "/tmp" if namespaced else str(inbox), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **env, _TAG_VAR: tag},
+        "deadline_s": timeout_s, "status_fd": None,
+    }
+    (run_dir / "root").mkdir()
+    out_path, err_path = run_dir / "stdout", run_dir / "stderr"
+    status_r = status_w = None
+    if namespaced:
+        status_r, status_w = os.pipe()
+        os.set_blocking(status_r, False)
+        params["status_fd"] = status_w
+        cmd = [_unshare(), "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
+        if level == "userns":
+            cmd += ["--user", "--map-root-user"]
+        cmd += ["--", sys.executable, "-I", "-S", _INIT, json.dumps(params)]
+    else:
+        cmd = [sys.executable, "-I", "-S", _INIT, json.dumps(params)]
+    start = time.monotonic()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=run_dir,
+                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                                    pass_fds=(status_w,) if namespaced else (), start_new_session=True)
+        except OSError as e:
+            _close(status_r, status_w)
+            return SandboxResult("error", "", f"cannot start the sandbox: {e}", None, 0.0, level)
+        _close(status_w)
+        # Namespaced: PID 1 enforces the time limit itself, so its exit (which the kernel
+        # completes only once every process in the namespace is gone) comes before
+        # unshare's; our own timer is a backstop for a PID 1 that hangs.
+        timed_out = not _wait_exited(proc.pid, timeout_s + (_BACKSTOP_S if namespaced else 0.0))
+        # The leader is dead or a zombie (not yet reaped), so its pid still names our process group.
+        _kill_group(proc.pid)
+        returncode = proc.wait()
+        if not namespaced:
+            _kill_tagged(tag)
+    duration = time.monotonic() - start
+    report = _read_status(status_r) if namespaced else ""
+    _close(status_r)
+    stdout, stderr = _read_capped(out_path, max_output_bytes), _read_capped(err_path, max_output_bytes)
+    status, code_out = _classify(timed_out, report, returncode, namespaced)
+    if status == "error":
+        stderr = (report.removeprefix("setup-error ").strip() or f"sandbox exited with {returncode}") + "\n" + stderr
+    return SandboxResult(status, stdout, stderr, code_out, duration, level)
+
+
+def _classify(timed_out: bool, report: str, returncode: int, namespaced: bool) -> tuple[str, int | None]:
+    """(status, returncode) from our timer, PID 1's report (namespaced) or the exit status (process)."""
+    if timed_out:
+        return "timeout", None
+    if namespaced:
+        first = report.strip().splitlines()[0] if report.strip() else ""
+        kind, _, value = first.partition(" ")
+        if kind == "exit":
+            code = int(value)
+            return ("ok" if code == 0 else "failed"), code
+        if kind == "signal":
+            sig = int(value)
+            return ("timeout" if sig == signal.SIGXCPU else "killed"), -sig
+        if kind == "timeout":
+            return "timeout", None
+        return "error", returncode
+    if returncode == 0:
+        return "ok", 0
+    if returncode < 0:
+        return ("timeout" if -returncode == signal.SIGXCPU else "killed"), returncode
+    return "failed", returncode
+
+
+def isolation_level() -> str:
+    """The strongest isolation that works here (probed once per process, then logged).
+
+    ``ONELAYER_SANDBOX_ISOLATION`` forces a level (e.g. ``process`` where namespaces
+    are known not to work).
+    """
+    return _probe_isolation(os.environ.get("ONELAYER_SANDBOX_ISOLATION") or None)
+
+
+@functools.cache
+def _probe_isolation(forced: str | None) -> str:
+    if forced is not None:
+        if forced not in LEVELS:
+            raise UserError(f"ONELAYER_SANDBOX_ISOLATION={forced!r}: use one of {', '.join(LEVELS)}")
+        log.warning("sandbox isolation forced to %r by ONELAYER_SANDBOX_ISOLATION", forced)
+        return forced
+    candidates = (["namespaces"] if os.geteuid() == 0 else []) + ["userns"]
+    reasons = []
+    for level in candidates:
+        if shutil.which("unshare") is None:
+            reasons.append("util-linux `unshare` is not installed")
+            break
+        r = run_in_sandbox("print('sandbox-ok')", timeout_s=10.0, isolation=level)
+        if r.status == "ok" and r.stdout.strip() == "sandbox-ok":
+            log.info("sandbox isolation: %s (PID/mount/net namespaces%s)", level,
+                     ", unprivileged uid" if level == "namespaces" else ", user namespace")
+            return level
+        reasons.append(f"{level}: {r.status}: {r.stderr.strip()[-300:]}")
+    log.warning("sandbox isolation: process only (rlimits + process-group kill; NO filesystem or network "
+                "isolation) because namespaces are unavailable: %s", "; ".join(reasons))
+    return "process"
+
+
+def _write_files(inbox: pathlib.Path, files: Mapping[str, str | bytes]) -> None:
+    for name, content in files.items():
+        rel = pathlib.PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise UserError(f"sandbox file name {name!r} must be a relative path inside the working directory")
+        path = inbox / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+@functools.lru_cache(maxsize=1)
+def _bind_paths() -> list[str]:
+    """Host paths visible (read-only) in the sandbox: system libraries and this Python installation."""
+    paths = list(_SYSTEM_PATHS)
+    exe_dir = os.path.dirname(os.path.realpath(sys.executable))
+    for p in (sys.base_prefix, sys.prefix, exe_dir):
+        p = os.path.realpath(p)
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in paths):
+            paths.append(p)
+    return paths
+
+
+@functools.lru_cache(maxsize=1)
+def _unshare() -> str:
+    path = shutil.which("unshare")
+    if path is None:
+        raise UserError("sandbox isolation needs util-linux `unshare` (apt-get install util-linux), "
+                        "or set ONELAYER_SANDBOX_ISOLATION=process to run without namespaces")
+    return path
+
+
+def _nproc_limit(level: str, max_processes: int) -> int:
+    # RLIMIT_NPROC counts every process of the uid. Namespaced runs have a uid (or user
+    # namespace) of their own; a process-mode run shares the caller's, so allow what it already has.
+    if level != "process":
+        return max_processes
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += 1
+            except OSError:
+                pass
+    return count + max_processes
+
+
+def _wait_exited(pid: int, timeout_s: float) -> bool:
+    """Wait until ``pid`` exits without reaping it; False on timeout."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+            return bool(ready)
+        finally:
+            os.close(fd)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+_sweep_lock = threading.Lock()
+
+
+def _kill_tagged(tag: str) -> None:
+    """Process mode: kill processes that left the process group but still carry this run's tag."""
+    needle = f"{_TAG_VAR}={tag}".encode()
+    with _sweep_lock:
+        for _ in range(3):  # a stray may fork while we sweep
+            found = False
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/environ", "rb") as f:
+                        if needle in f.read().split(b"\0"):
+                            os.kill(int(entry.name), signal.SIGKILL)
+                            found = True
+                except OSError:
+                    pass
+            if not found:
+                return
+
+
+def _read_status(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _read_capped(path: pathlib.Path, limit: int) -> str:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    text = data[:limit].decode(errors="replace")
+    return text + ("\n[output truncated]" if len(data) > limit else "")
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

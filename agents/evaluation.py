@@ -54,7 +54,7 @@ def make_eval_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
 def evaluate_policy(
     engine: RolloutEngine, prompt_builder: PromptBuilder, env_id: str, env_kwargs: dict | None = None,
     num_items: int = 256, max_new_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
-    batch_size: int = 64, max_turns: int | None = None, metric: str = "accuracy",
+    batch_size: int = 64, max_turns: int | None = None, metric: str = "accuracy", parse_actions: bool = False,
 ) -> EvalResult:
     """Run items ``0..num_items-1`` of the eval split once each and return the metric and per-item outcomes."""
     probe = make_eval_env(env_id, env_kwargs)
@@ -68,12 +68,14 @@ def evaluate_policy(
         idx = list(range(start, min(num_items, start + batch_size)))
         envs = [make_eval_env(env_id, env_kwargs) for _ in idx]
         specs = [EpisodeSpec(group=i, sample=0, seed=seed, options={"task_id": i}) for i in idx]
-        trajs = collect(engine, prompt_builder, envs, specs,
-                        SamplingParams(max_new_tokens, temperature, 1.0, seed + start), max_turns=turns)
+        trajs = collect(engine, prompt_builder, envs, specs, SamplingParams(max_new_tokens, temperature, 1.0, seed + start),
+                        max_turns=turns, parse_actions=parse_actions, env_factory=lambda: make_eval_env(env_id, env_kwargs))
         for i, t in zip(idx, trajs):
             last = t.steps[-1] if t.steps else None
             details = {k: v for k, v in (last.info if last else {}).items()
                        if isinstance(v, (str, int, float, bool)) or v is None}
+            if t.error is not None:
+                details["env_error"] = t.error
             items.append(ItemOutcome(i, str(t.task_id), bool(t.success), t.episode_return, t.length,
                                      last.response_text if last else "", details))
         for e in envs:

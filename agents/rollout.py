@@ -7,7 +7,8 @@ are the one-turn case of the same loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -16,6 +17,8 @@ from onelayer.agents.actions import parse_action
 from onelayer.agents.engine import RolloutEngine, SamplingParams
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.trajectory import Step, Trajectory
+
+log = logging.getLogger("onelayer.rollout")
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class EpisodeSpec:
 def collect(
     engine: RolloutEngine, prompt_builder: PromptBuilder, envs: Sequence[gym.Env], episodes: Sequence[EpisodeSpec],
     params: SamplingParams, max_turns: int = 1, max_prompt_tokens: int | None = None, parse_actions: bool = False,
-    invalid_action_penalty: float = 0.0,
+    invalid_action_penalty: float = 0.0, env_factory: Callable[[], gym.Env] | None = None,
 ) -> list[Trajectory]:
     """Run ``episodes`` (one per env in ``envs``) to the end and return their trajectories.
 
@@ -42,7 +45,9 @@ def collect(
     ``info["invalid_action"]``) cost ``invalid_action_penalty`` on that step's reward.
     An episode ends when the env terminates or truncates, after ``max_turns`` turns,
     or when its next prompt would exceed ``max_prompt_tokens`` (truncated with reason
-    ``"context"``, not crashed).
+    ``"context"``, not crashed). An env that raises fails only its own episode
+    (``Trajectory.error`` says why; it is logged), is replaced by ``env_factory()``
+    in ``envs`` when a factory is given, and the rest of the batch goes on.
     """
     if len(envs) != len(episodes):
         raise ValueError(f"{len(envs)} envs for {len(episodes)} episodes")
@@ -52,14 +57,33 @@ def collect(
     infos: list[dict] = []
     history: list[list[tuple[str, str]]] = []
     tasks: list[str | None] = []
-    for env, ep in zip(envs, episodes):
-        o, info = env.reset(seed=ep.seed, options=ep.options)
-        trajs.append(Trajectory(task_id=info.get("task_id", ep.seed), group=ep.group, sample=ep.sample))
-        obs.append(o)
-        infos.append(info)
+    live = []
+
+    def fail(i: int, where: str, err: Exception) -> None:
+        trajs[i].error = f"{where}: {type(err).__name__}: {err}"[:500]
+        trajs[i].truncated, trajs[i].truncation_reason = True, "env_error"
+        log.warning("episode %d (task %s) failed in env.%s: %s", i, trajs[i].task_id, where, trajs[i].error)
+        if env_factory is not None:
+            try:
+                envs[i].close()
+            except Exception:  # a crashed env may not close cleanly; it is being replaced anyway
+                pass
+            envs[i] = env_factory()
+
+    for i, (env, ep) in enumerate(zip(envs, episodes)):
+        trajs.append(Trajectory(task_id=ep.seed, group=ep.group, sample=ep.sample))
+        obs.append("")
+        infos.append({})
         history.append([])
-        tasks.append(info.get("task"))
-    live = list(range(len(envs)))
+        tasks.append(None)
+        try:
+            o, info = env.reset(seed=ep.seed, options=ep.options)
+        except Exception as e:
+            fail(i, "reset", e)
+            continue
+        trajs[i].task_id = info.get("task_id", ep.seed)
+        obs[i], infos[i], tasks[i] = o, info, info.get("task")
+        live.append(i)
     for turn in range(max_turns):
         if not live:
             break
@@ -83,7 +107,11 @@ def collect(
                 action, invalid = (parsed.action or text), not parsed.valid
             else:
                 action, invalid = text, False
-            o, reward, terminated, truncated, info = envs[i].step(action)
+            try:
+                o, reward, terminated, truncated, info = envs[i].step(action)
+            except Exception as e:
+                fail(i, "step", e)
+                continue
             invalid = invalid or bool(info.get("invalid_action", False))
             trajs[i].steps.append(Step(
                 prompt_ids=ids, response_ids=list(g.token_ids), logprobs=list(g.logprobs), response_text=text,

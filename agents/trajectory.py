@@ -36,6 +36,7 @@ class Trajectory:
     truncated: bool = False
     truncation_reason: str | None = None
     success: bool = False
+    error: str | None = None  # set when the env raised: the episode failed and is left out of training
 
     @property
     def episode_return(self) -> float:

@@ -70,12 +70,13 @@ def evaluate(
     else:
         mdl, tok, _ = load_model(model, device, dtype)
     domain = env_domain(env)
-    prompts = PromptBuilder.for_domain(tok, domain, prompt_template, system_prompt)
+    history_length = config.history_length if config else 2
+    prompts = PromptBuilder.for_domain(tok, domain, prompt_template, system_prompt, history_length)
     engine = HFEngine(mdl, tok, max_batch_size=batch_size)
     t = time.time()
     res = evaluate_policy(engine, prompts, env, env_kwargs, num_items=num_items, max_new_tokens=max_new_tokens,
                           temperature=temperature, seed=seed, batch_size=batch_size, max_turns=max_turns,
-                          metric=METRIC_OF_DOMAIN.get(domain, "success_rate"))
+                          metric=METRIC_OF_DOMAIN.get(domain, "success_rate"), parse_actions=domain == "agentic")
     result = res.to_dict()
     result.update({
         "metric": res.metric, "env": env, "env_kwargs": env_kwargs or {}, "domain": domain,

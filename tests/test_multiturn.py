@@ -90,3 +90,33 @@ def test_multi_turn_training_updates_the_layer_and_logs_step_groups(algo, tokeni
     assert "eval/success_rate" in m
     if algo == "gigpo":
         assert m["step_groups"] >= 2 and 0 <= m["steps_in_multi_groups"] <= 1
+
+
+class FlakyEngineEnv(gym.Env):
+    """A game engine that crashes on odd seeds at the first step (as a buggy engine would)."""
+
+    observation_space = gym.spaces.Text(64)
+    action_space = gym.spaces.Text(64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seed_ = seed
+        return "start", {"task_id": seed, "anchor": "start"}
+
+    def step(self, action):
+        if self.seed_ % 2:
+            raise RuntimeError("engine exploded")
+        return "end", 1.0, True, False, {"won": True}
+
+
+def test_a_crashing_env_fails_only_its_episode_and_is_replaced(tokenizer):
+    engine = HFEngine(build_tiny("qwen3", tokenizer), tokenizer)
+    builder = PromptBuilder.for_domain(tokenizer, "agentic")
+    envs = [FlakyEngineEnv() for _ in range(4)]
+    originals = list(envs)
+    trajs = collect(engine, builder, envs, [EpisodeSpec(i, 0, seed=i) for i in range(4)], SamplingParams(4, 1.0, 1.0, 0),
+                    max_turns=2, env_factory=FlakyEngineEnv)
+    assert [t.error is None for t in trajs] == [True, False, True, False]
+    assert "engine exploded" in trajs[1].error and trajs[1].truncation_reason == "env_error"
+    assert [t.success for t in trajs] == [True, False, True, False]
+    assert envs[1] is not originals[1] and envs[0] is originals[0]  # the crashed env was replaced

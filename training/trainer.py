@@ -226,7 +226,8 @@ class Trainer:
         params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, derive_seed("sample", c.seed, step))
         trajs = collect(self.engine, self.prompts, self.envs, self._episodes(step), params,
                         max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
-                        parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty)
+                        parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
+                        env_factory=lambda: gym.make(c.env, **c.env_kwargs))
         if self.reward_funcs:
             steps = [s for t in trajs for s in t.steps]
             prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
@@ -419,7 +420,8 @@ class Trainer:
         c = self.config
         return evaluate_policy(self.engine, self.prompts, c.env, c.env_kwargs, num_items=c.eval_size,
                                max_new_tokens=c.eval_max_new_tokens or c.max_new_tokens, temperature=0.0,
-                               seed=c.seed, batch_size=c.rollout_batch_size, max_turns=c.max_turns, metric=self.metric)
+                               seed=c.seed, batch_size=c.rollout_batch_size, max_turns=c.max_turns, metric=self.metric,
+                               parse_actions=self.parse_actions)
 
     def _run_eval(self, step: int) -> dict:
         t = time.time()
@@ -499,6 +501,8 @@ class Trainer:
         t0 = time.time()
         trajs = self.sample(step)
         t1 = time.time()
+        failed = [t for t in trajs if t.error is not None]
+        trajs = [t for t in trajs if t.error is None]  # a crashed env's episode is left out, the batch goes on
         adv, group_stats = self.advantages(trajs)
         returns = [t.episode_return for t in trajs]
         stats = self.update(trajs, adv)
@@ -509,16 +513,17 @@ class Trainer:
         steps = [s for t in trajs for s in t.steps]
         return {
             "step": step,
-            "reward": float(np.mean(returns)),
-            "reward_std": float(np.std(returns)),
-            "success_rate": float(np.mean([t.success for t in trajs])),
+            "reward": float(np.mean(returns)) if returns else 0.0,
+            "reward_std": float(np.std(returns)) if returns else 0.0,
+            "success_rate": float(np.mean([t.success for t in trajs])) if trajs else 0.0,
             "advantage_abs_mean": float(np.mean(np.abs(flat_adv))) if len(flat_adv) else 0.0,
             "no_signal_groups": no_signal,
             "truncated_fraction": float(np.mean([s.response_truncated for s in steps])) if steps else 0.0,
-            "episode_truncated_fraction": float(np.mean([t.truncated for t in trajs])),
+            "episode_truncated_fraction": float(np.mean([t.truncated for t in trajs])) if trajs else 0.0,
             "invalid_action_rate": float(np.mean([s.invalid_action for s in steps])) if steps else 0.0,
             "response_length": float(np.mean([len(s.response_ids) for s in steps])) if steps else 0.0,
-            "episode_length": float(np.mean([t.length for t in trajs])),
+            "episode_length": float(np.mean([t.length for t in trajs])) if trajs else 0.0,
+            "env_errors": len(failed),
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0,
             **stats,
             **group_stats,

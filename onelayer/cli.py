@@ -16,8 +16,10 @@ from onelayer.errors import TrainingError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Layer-targeted RL for LLM agents: train one transformer layer and measure what it recovers.")
-envs_app = typer.Typer(no_args_is_help=True, help="List onelayer environments.")
+envs_app = typer.Typer(no_args_is_help=True, help="List and check onelayer environments.")
 app.add_typer(envs_app, name="envs")
+alfworld_app = typer.Typer(no_args_is_help=True, help="ALFWorld data: generate offline games.")
+app.add_typer(alfworld_app, name="alfworld")
 
 
 def _user_errors(fn):
@@ -210,6 +212,29 @@ def envs_check(
     typer.echo(format_report(target, results))
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+@alfworld_app.command("generate")
+@_user_errors
+def alfworld_generate(
+    out: Path = typer.Option(..., "--out", help="Empty directory for the games (ALFWorld format)."),
+    n: int = typer.Option(..., "--n", help="Number of games (all six task types present when N >= 6)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: equal arguments give byte-identical games."),
+    task_types: Optional[str] = typer.Option(None, "--task-types", help="Comma-separated task types or ids 1-6."),
+    min_receptacles: int = typer.Option(3, "--min-receptacles"),
+    max_receptacles: int = typer.Option(3, "--max-receptacles"),
+    min_distractors: int = typer.Option(0, "--min-distractors"),
+    max_distractors: int = typer.Option(2, "--max-distractors"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a set this command wrote earlier."),
+):
+    """Write N ALFWorld-format games, each verified solvable by ALFWorld's planner expert through the engine."""
+    from onelayer.envs.alfworld_gen import generate_games
+
+    types = [t.strip() for t in task_types.split(",") if t.strip()] if task_types else None
+    games = generate_games(out, n, seed, task_types=types, min_receptacles=min_receptacles,
+                           max_receptacles=max_receptacles, min_distractors=min_distractors,
+                           max_distractors=max_distractors, overwrite=overwrite, progress=True)
+    typer.echo(f"wrote {len(games)} games to {out}")
 
 
 def main() -> None:

@@ -57,3 +57,31 @@ def test_make_vec_runs_math_envs():
     obs, rewards, terminated, truncated, info = vec.step(["\\boxed{1}"] * 3)
     assert list(terminated) == [True] * 3 and len(rewards) == 3
     vec.close()
+
+
+class OutOfSpaceEnv(gym.Env):
+    """Returns observations with characters its Text space does not admit."""
+
+    observation_space = spaces.Text(max_length=16, charset="abc")
+    action_space = spaces.Text(max_length=16, charset="abc")
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "xyz!", {"task_id": 0, "anchor": "xyz!"}
+
+    def step(self, action):
+        return "xyz!", 0.0, True, False, {"won": False, "invalid_action": False}
+
+
+def test_observations_outside_the_space_fail_gymnasium_check():
+    results = {r.name: r for r in check(lambda: gym.wrappers.TimeLimit(OutOfSpaceEnv(), 3))}
+    assert not results["gymnasium check_env"].ok
+    assert "observation" in results["gymnasium check_env"].message
+
+
+@pytest.mark.parametrize("env_id,kwargs", [("onelayer/Code-v0", {}), ("onelayer/ALFWorld-v0", {})])
+def test_code_and_alfworld_envs_pass_every_check(env_id, kwargs):
+    if env_id.endswith("ALFWorld-v0"):
+        pytest.importorskip("alfworld")
+    results = check(lambda: gym.make(env_id, **kwargs), max_steps=60)
+    assert all(r.ok for r in results), format_report(env_id, results)

@@ -96,3 +96,14 @@ def test_out_of_range_layer_on_a_real_model_dir(tiny_model_dirs, tmp_path):
 def test_envs_list_shows_math():
     r = run_cli("envs", "list")
     assert r.returncode == 0 and "onelayer/Math-v0" in r.stdout and "math" in r.stdout
+
+
+def test_prompt_longer_than_max_prompt_length_is_a_user_error(tiny_model_dirs, tmp_path):
+    r = run_cli("train", "--model", tiny_model_dirs["qwen3"], "--max-prompt-length", "8", "--out", tmp_path / "x", "--quiet")
+    assert r.returncode == 2 and "shorter than the env's first prompt" in r.stderr
+
+
+def test_missing_dataset_path_fails_before_the_model_loads(tmp_path):
+    r = run_cli("train", "--env-kwargs", "source=/no/such/data.jsonl", "--out", tmp_path / "x", "--quiet")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -99,6 +99,7 @@ class Trainer:
         self.run_dir = Path(config.out or config.default_out())
         if model is None:
             resolve_model(config.model)  # a missing model file fails before anything is written
+        self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
         self._prepare_run_dir(resume)
         torch.manual_seed(config.seed)
         if model is None:
@@ -126,7 +127,7 @@ class Trainer:
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
                                 else (0.1 if self.domain == "agentic" else 0.0))
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
-        self.envs = self._make_envs()
+        self._check_prompt_fits()
         self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
         self.start_step = 0
         self.sinks = _Sinks(config.report_to, self.run_dir, config)
@@ -180,6 +181,14 @@ class Trainer:
         except TypeError as e:
             raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
         return envs
+
+    def _check_prompt_fits(self) -> None:
+        """A first prompt longer than max_prompt_length would truncate every episode: say so up front."""
+        obs, info = self.envs[0].reset(seed=self.config.seed)
+        n = len(self.prompts.encode(obs, admissible=info.get("admissible_actions"), task=info.get("task"), step=1))
+        if n > self.config.max_prompt_length:
+            raise UserError(f"max_prompt_length {self.config.max_prompt_length} is shorter than the env's first prompt "
+                            f"({n} tokens): raise --max-prompt-length")
 
     def _write_config(self) -> None:
         atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, {

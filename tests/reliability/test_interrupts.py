@@ -1,0 +1,90 @@
+"""Killed and interrupted runs lose nothing: SIGKILL then --resume equals an uninterrupted run; Ctrl-C checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _cmd(model_dir, out, steps):
+    return [sys.executable, "-m", "onelayer.cli", "train", "--model", str(model_dir), "--layers", "1", "--steps", str(steps),
+            "--num-tasks", "2", "--num-generations", "4", "--max-new-tokens", "6", "--eval-size", "4", "--eval-every", "0",
+            "--save-every", "1", "--lr", "1e-3", "--reward-funcs", "support_rewards:length_reward", "--quiet", "--out", str(out)]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(TESTS))
+
+
+def _wait_for_steps(run: Path, n: int, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process ended early"
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} steps within {timeout}s")
+
+
+def _strip(lines):
+    out = []
+    for line in lines:
+        m = json.loads(line)
+        out.append({k: v for k, v in m.items() if not k.startswith(("time/", "eval/"))})
+    return out
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_model_dirs, tmp_path):
+    model = tiny_model_dirs["qwen3"]
+    ref = tmp_path / "ref"
+    assert subprocess.run(_cmd(model, ref, 4), env=_env(), capture_output=True, timeout=600).returncode == 0
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(model, run, 4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(_cmd(model, run, 4) + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert _strip((run / "metrics.jsonl").read_text().splitlines()) == _strip((ref / "metrics.jsonl").read_text().splitlines())
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(ref / "trained.safetensors")), load_file(str(run / "trained.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model_dirs, tmp_path):
+    run = tmp_path / "interrupted"
+    cmd = _cmd(tiny_model_dirs["llama"], run, 50)
+    cmd[cmd.index("--save-every") + 1] = "100"  # only the interrupt makes a checkpoint
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err and "Traceback" not in err
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and (ckpts[0] / "state.json").exists()
+    step = json.loads((ckpts[0] / "state.json").read_text())["step"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == step
+
+
+def test_torn_metrics_line_and_incomplete_checkpoint_are_ignored_on_resume(tiny_model_dirs, tmp_path):
+    model = tiny_model_dirs["qwen2"]
+    run = tmp_path / "r"
+    assert subprocess.run(_cmd(model, run, 2), env=_env(), capture_output=True, timeout=600).returncode == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')  # a writer killed mid-line
+    broken = run / "checkpoints" / "step-000003"
+    broken.mkdir()
+    (broken / "trained.safetensors").write_bytes(b"partial")  # no state.json: incomplete
+    r = subprocess.run(_cmd(model, run, 3) + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

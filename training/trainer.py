@@ -100,6 +100,7 @@ class Trainer:
         if model is None:
             resolve_model(config.model)  # a missing model file fails before anything is written
         self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
+        self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self._prepare_run_dir(resume)
         torch.manual_seed(config.seed)
         if model is None:
@@ -126,7 +127,6 @@ class Trainer:
         self.parse_actions = self.domain == "agentic"
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
                                 else (0.1 if self.domain == "agentic" else 0.0))
-        self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self._check_prompt_fits()
         self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
         self.start_step = 0

@@ -179,3 +179,23 @@ def test_reusing_lower_block_outputs_matches_recomputing_them(tiny_model_dirs, t
         for k in ("reward", "kl", "loss", "update_norm", "clip_fraction"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), k
     assert all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)
+
+
+def test_a_mini_batch_without_signal_skips_its_step_instead_of_tripping_the_guard(tiny_model_dirs, tmp_path):
+    import numpy as np
+
+    from onelayer.agents.trajectory import Step, Trajectory
+
+    model, tok = _load(tiny_model_dirs["qwen3"])
+    trainer = Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "a", layers="1", mini_batch_size=4),
+                      model=model, tokenizer=tok)
+    prompt = trainer.prompts.encode("What is 1 + 1?")
+    trajs = []
+    for i in range(8):
+        t = Trajectory(task_id=i // 4, group=i // 4, sample=i % 4)
+        t.steps.append(Step(prompt, [100 + i, 200 + i, 2], [0.0] * 3, "x", 0.0, None))
+        trajs.append(t)
+    # mini-batches interleave rows (0,2,4,6) and (1,3,5,7): the first has no signal at all
+    adv = [np.array([0.0 if i % 2 == 0 else (1.0 if i < 4 else -1.0)]) for i in range(8)]
+    stats = trainer.update(trajs, adv)
+    assert stats["optimizer_steps"] == 1 and stats["update_norm"] > 0

@@ -365,6 +365,8 @@ class Trainer:
                 _, _, mresp, _ = self._batch_tensors(mrows)
                 norm = agg_norm(mresp, c.resolved_loss_agg(), c.max_new_tokens)
                 self.optimizer.zero_grad(set_to_none=True)
+                if c.beta == 0 and all(rows[i].advantage == 0.0 for i in mini):
+                    continue  # this mini-batch carries no signal: no optimizer step
                 for s in range(0, len(mini), mb):
                     idx = mini[s : s + mb]
                     chunk = [rows[i] for i in idx]

@@ -1,0 +1,330 @@
+"""Layer contribution and the statistics a layer sweep report needs (numpy only).
+
+Layer contribution (MISSION.md; Zhang et al., arXiv 2607.01232):
+
+    C_l = (S_l - S_base) / (S_full - S_base)
+
+``S_base`` is the untrained model's score, ``S_full`` the score after
+full-parameter RL, ``S_l`` the score after RL that updates only layer l.
+C_l = 1: layer l alone recovers the whole gain; C_l > 1: it beats full
+training; C_l < 0: it ends below the base model. When ``S_full - S_base`` is
+near zero the ratio is meaningless, so these functions return ``None`` (and
+say why) instead of a number.
+
+Scores are on a 0-1 scale (accuracy, pass@1, success rate). For scores in
+percent pass ``min_gain=1.0`` (one point) instead of the default 0.01.
+
+The paper reports one seed per run; ``contribution_over_seeds`` adds a
+paired bootstrap confidence interval over seeds, and ``spearman`` /
+``kendall_tau`` / ``rank_correlation_matrix`` compare layer rankings across
+domains. ``pearson`` tests whether a layer's weight-change norm predicts its
+contribution (the paper says it does not).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Smallest |S_full - S_base| we divide by: one accuracy point on a 0-1 scale.
+# A smaller gain is within evaluation noise for the suite sizes onelayer uses
+# (a few hundred items), and dividing by it turns noise into huge ratios.
+MIN_GAIN = 0.01
+
+# A bootstrap CI is reported only if at most this fraction of resamples had a
+# usable denominator dropped; more means the full-parameter gain itself is
+# not reliably away from zero.
+MAX_DROPPED_FRACTION = 0.05
+
+
+def layer_contribution(
+    s_layer: float, s_base: float, s_full: float, min_gain: float = MIN_GAIN
+) -> float | None:
+    """``C_l = (S_l - S_base) / (S_full - S_base)``; ``None`` when ``|S_full - S_base| < min_gain``.
+
+    ``min_gain`` is on the scores' own scale (default 0.01 = one point on a 0-1
+    scale). A negative full gain (full training hurt) still gives a ratio, but
+    then C_l > 0 means layer l also hurt.
+    """
+    if min_gain <= 0:
+        raise ValueError(
+            f"min_gain must be > 0 (got {min_gain}); it guards the division by S_full - S_base"
+        )
+    gain_full = s_full - s_base
+    if abs(gain_full) < min_gain:
+        return None
+    return float((s_layer - s_base) / gain_full)
+
+
+@dataclass(frozen=True)
+class ContributionEstimate:
+    """Layer contribution over seeds: point estimate, percentile bootstrap CI, and why any part is missing."""
+
+    mean: float | None
+    """Contribution of the seed means, ``(mean S_l - mean S_base) / (mean S_full - mean S_base)``; None if undefined."""
+    ci_low: float | None
+    """Lower CI bound; None when undefined or with a single seed (no spread to resample)."""
+    ci_high: float | None
+    """Upper CI bound; None when undefined or with a single seed."""
+    n_seeds: int
+    """Number of paired seeds."""
+    per_seed: tuple[float | None, ...]
+    """``C_l`` of each seed on its own (None where that seed's full gain is below ``min_gain``)."""
+    defined: bool
+    """False when the full-parameter gain is too small to divide by; ``mean`` and the CI are then None."""
+    reason: str = ""
+    """Why ``mean`` or the CI is missing; empty when both are present."""
+    ci_level: float = 0.95
+    """Coverage the CI was computed for."""
+    dropped_fraction: float = 0.0
+    """Fraction of bootstrap resamples dropped because their full gain was below ``min_gain``."""
+
+
+def _as_scores(values: Sequence[float], name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of scores (got shape {a.shape})")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf: {values!r}")
+    return a
+
+
+def _check_bootstrap_args(n_boot: int, ci: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1 (got {n_boot})")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), e.g. 0.95 (got {ci})")
+
+
+def contribution_over_seeds(
+    s_layer: Sequence[float],
+    s_base: Sequence[float],
+    s_full: Sequence[float],
+    *,
+    n_boot: int = 10000,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_gain: float = MIN_GAIN,
+    max_dropped: float = MAX_DROPPED_FRACTION,
+) -> ContributionEstimate:
+    """Layer contribution over seeds with a paired percentile bootstrap CI.
+
+    The three lists hold one score per seed, paired by index (seed i of the
+    layer run, of the base evaluation and of the full run).
+
+    Point estimate, the ratio of means (per-seed ratios explode when one seed's
+    full gain is small; the ratio of means does not):
+
+        C = (mean(S_l) - mean(S_base)) / (mean(S_full) - mean(S_base))
+
+    CI: draw ``n_boot`` resamples of the seed indices with replacement (the
+    same indices for all three lists), recompute C on each, take the
+    ``(1-ci)/2`` and ``(1+ci)/2`` quantiles. A resample whose full gain is
+    below ``min_gain`` in the direction of the observed gain (near zero or
+    flipped sign) is dropped. Undefined (``defined=False``, a reason given)
+    when the mean full gain is below ``min_gain``, or when more than
+    ``max_dropped`` of the resamples were dropped.
+
+    One seed: the point estimate is given, ``ci_low``/``ci_high`` are None and
+    ``reason`` says so (a zero-width interval would claim a certainty one seed
+    cannot give). Few seeds (2-4) give a percentile CI that is too narrow;
+    treat it as a lower bound on the uncertainty. Deterministic given ``seed``.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    layer, base, full = (
+        _as_scores(v, n) for v, n in ((s_layer, "s_layer"), (s_base, "s_base"), (s_full, "s_full"))
+    )
+    if not len(layer) == len(base) == len(full):
+        raise ValueError(
+            f"scores must be paired by seed: got {len(layer)} layer, {len(base)} base and {len(full)} full scores"
+        )
+    n = len(layer)
+    per_seed = tuple(layer_contribution(lo, b, f, min_gain) for lo, b, f in zip(layer, base, full))
+
+    gain_full = full.mean() - base.mean()
+    point = layer_contribution(layer.mean(), base.mean(), full.mean(), min_gain)
+    if point is None:
+        return ContributionEstimate(
+            mean=None,
+            ci_low=None,
+            ci_high=None,
+            n_seeds=n,
+            per_seed=per_seed,
+            defined=False,
+            ci_level=ci,
+            reason=(
+                f"full-parameter gain too small to divide by: mean(S_full) - mean(S_base) = {gain_full:.4g}, "
+                f"|gain| < min_gain = {min_gain:g}"
+            ),
+        )
+    if n == 1:
+        return ContributionEstimate(
+            mean=point,
+            ci_low=None,
+            ci_high=None,
+            n_seeds=1,
+            per_seed=per_seed,
+            defined=True,
+            ci_level=ci,
+            reason="one seed: no confidence interval",
+        )
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))  # row b = the seed indices of resample b
+    gain_layer_b = layer[idx].mean(axis=1) - base[idx].mean(axis=1)
+    gain_full_b = full[idx].mean(axis=1) - base[idx].mean(axis=1)
+    keep = np.sign(gain_full) * gain_full_b >= min_gain
+    dropped = 1.0 - keep.mean()
+    if dropped > max_dropped:
+        return ContributionEstimate(
+            mean=None,
+            ci_low=None,
+            ci_high=None,
+            n_seeds=n,
+            per_seed=per_seed,
+            defined=False,
+            ci_level=ci,
+            dropped_fraction=float(dropped),
+            reason=(
+                f"full-parameter gain too small to divide by: in {dropped:.1%} of bootstrap resamples "
+                f"(limit {max_dropped:.0%}) mean(S_full) - mean(S_base) was below min_gain = {min_gain:g} "
+                f"(observed gain {gain_full:.4g} over {n} seeds)"
+            ),
+        )
+    c_b = gain_layer_b[keep] / gain_full_b[keep]
+    low, high = np.quantile(c_b, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
+    return ContributionEstimate(
+        mean=point,
+        ci_low=float(low),
+        ci_high=float(high),
+        n_seeds=n,
+        per_seed=per_seed,
+        defined=True,
+        ci_level=ci,
+        dropped_fraction=float(dropped),
+    )
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = 10000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean and its percentile bootstrap CI (resampling values with replacement).
+
+    With a single value the CI is not available: ``low`` and ``high`` are nan.
+    Deterministic given ``seed``.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    x = _as_scores(values, "values")
+    if len(x) == 1:
+        return float(x[0]), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
+    return float(x.mean()), float(low), float(high)
+
+
+def _paired(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(
+            f"x and y must be 1-D and of the same length (got shapes {a.shape} and {b.shape})"
+        )
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError(
+            "x and y must be finite; drop layers whose contribution is undefined (None) first"
+        )
+    return a, b
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation ``r = sum(dx*dy) / sqrt(sum(dx^2) * sum(dy^2))``, ``dx = x - mean(x)``.
+
+    nan when x or y is constant (or has fewer than 2 values): the correlation is undefined.
+    """
+    a, b = _paired(x, y)
+    if len(a) < 2:
+        return float("nan")
+    dx, dy = a - a.mean(), b - b.mean()
+    denom = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
+    if denom == 0.0:
+        return float("nan")
+    return float(np.clip(np.sum(dx * dy) / denom, -1.0, 1.0))
+
+
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n; tied values share the average of the ranks they span (``[5, 7, 7] -> [1, 2.5, 2.5]``)."""
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) == 0:
+        return a
+    order = np.argsort(a, kind="mergesort")
+    sorted_a = a[order]
+    starts_block = np.r_[True, sorted_a[1:] != sorted_a[:-1]]  # first element of each run of ties
+    block = np.cumsum(starts_block) - 1
+    first = np.flatnonzero(starts_block)  # 0-based position of each run's first element
+    last = np.r_[first[1:], len(a)] - 1  # ... and of its last element
+    ranks = np.empty(len(a), dtype=np.float64)
+    ranks[order] = ((first + last) / 2.0 + 1.0)[block]  # 1-based average rank of each run
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the average ranks of x and y (ties handled).
+
+    nan when either ranking is constant (all values tied) or has fewer than 2 values.
+    """
+    a, b = _paired(x, y)
+    if len(a) < 2:
+        return float("nan")
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b, which corrects for ties:
+
+        tau_b = (n_c - n_d) / sqrt((n_0 - n_x) * (n_0 - n_y))
+
+    over all pairs i < j: n_c concordant, n_d discordant, n_0 = n(n-1)/2 pairs,
+    n_x / n_y pairs tied in x / y. Computed from the n x n sign matrices
+    (O(n^2), fine for rankings of tens to hundreds of layers). nan when either
+    ranking is constant or has fewer than 2 values.
+    """
+    a, b = _paired(x, y)
+    sx = np.sign(a[:, None] - a[None, :])  # sx[i, j] = sign(x_i - x_j)
+    sy = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), k=1)  # pairs i < j
+    sx, sy = sx[iu], sy[iu]
+    n_c_minus_n_d = np.sum(sx * sy)  # +1 concordant, -1 discordant, 0 tied in x or y
+    untied_x = np.sum(sx != 0)  # n_0 - n_x
+    untied_y = np.sum(sy != 0)  # n_0 - n_y
+    if untied_x == 0 or untied_y == 0:
+        return float("nan")
+    return float(np.clip(n_c_minus_n_d / np.sqrt(float(untied_x) * float(untied_y)), -1.0, 1.0))
+
+
+RANK_CORRELATIONS = {"spearman": spearman, "kendall": kendall_tau}
+
+
+def rank_correlation_matrix(
+    rankings: dict[str, Sequence[float]], method: str = "spearman"
+) -> dict[tuple[str, str], float]:
+    """Rank correlation of every pair of domains: ``{(a, b): rho}`` for names ``a < b`` in sorted order.
+
+    ``rankings[domain]`` holds one value per layer (e.g. its contribution), the
+    same layers in the same order for every domain. ``method`` is
+    ``"spearman"`` or ``"kendall"`` (tau-b).
+    """
+    if method not in RANK_CORRELATIONS:
+        raise ValueError(
+            f"unknown rank correlation {method!r}: use one of {sorted(RANK_CORRELATIONS)}"
+        )
+    lengths = {name: len(v) for name, v in rankings.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"every domain must rank the same layers; got lengths {lengths}")
+    corr = RANK_CORRELATIONS[method]
+    return {
+        (a, b): corr(rankings[a], rankings[b])
+        for a, b in itertools.combinations(sorted(rankings), 2)
+    }

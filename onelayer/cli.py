@@ -94,12 +94,18 @@ def _train_signature():
     return inspect.Signature(params)
 
 
-def _config_from_flags(config: Path | None, flags: dict):
+def _config_from_flags(config: Path | None, flags: dict, resume: bool = False):
     from onelayer.training.config import TrainConfig, load_config_file
 
     hints = typing.get_type_hints(TrainConfig)
     data = load_config_file(config) if config else {}
     data = {k.replace("-", "_"): v for k, v in data.items()}
+    out = flags.get("out") or data.get("out")
+    if resume and out and (Path(out) / "config.json").is_file():
+        # --resume starts from the run's stored options; the file and flags given now go on top
+        from onelayer.training.checkpoint import read_run_config
+
+        data = {**read_run_config(out)["config"], **data}
     for name, value in flags.items():
         if value is None:
             continue
@@ -125,7 +131,7 @@ def _config_from_flags(config: Path | None, flags: dict):
 def _train_impl(*, config=None, resume=False, quiet=False, **flags):
     from onelayer.training.trainer import Trainer
 
-    cfg = _config_from_flags(config, flags)
+    cfg = _config_from_flags(config, flags, resume)
     trainer = Trainer(cfg, resume=resume)
     result = trainer.train(progress=not quiet)
     ev = result.final_eval or {}

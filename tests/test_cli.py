@@ -62,7 +62,7 @@ def test_config_file_and_resume(tiny_model_dirs, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("train", "--config", cfg, "--out", run, "--quiet")
     assert r.returncode == 2 and "--resume" in r.stderr
-    r = run_cli("train", "--config", cfg, "--out", run, "--steps", "2", "--resume", "--quiet")
+    r = run_cli("train", "--out", run, "--steps", "2", "--resume", "--quiet")  # the stored options are reused
     assert r.returncode == 0, r.stderr
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]

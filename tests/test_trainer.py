@@ -199,3 +199,13 @@ def test_a_mini_batch_without_signal_skips_its_step_instead_of_tripping_the_guar
     adv = [np.array([0.0 if i % 2 == 0 else (1.0 if i < 4 else -1.0)]) for i in range(8)]
     stats = trainer.update(trajs, adv)
     assert stats["optimizer_steps"] == 1 and stats["update_norm"] > 0
+
+
+def test_report_to_wandb_offline_writes_a_local_run(tiny_model_dirs, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model, tok = _load(tiny_model_dirs["qwen3"])
+    Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r", layers="1", report_to=["wandb"]),
+            model=model, tokenizer=tok).train(progress=False)
+    assert list((tmp_path / "r" / "wandb").glob("offline-run-*"))

@@ -17,29 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
 
-
-def machine() -> dict:
-    """CPU model, core count, Python and engine versions."""
-    import importlib.metadata as md
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("alfworld", "textworld", "fast-downward-textworld"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+from onelayer.benchmarks.machine import describe_machine
 
 
 def run(num_envs: int, num_workers: int | None, steps: int, env_kwargs: dict, seed: int = 0) -> dict:
@@ -103,7 +85,7 @@ def main(argv=None) -> int:
               f"{r['startup_s']:>10.2f} {r['episodes_finished']:>9}")
     from onelayer.envs.alfworld_vec import resolve_data_path
 
-    result = {"machine": machine(), "data_path": str(resolve_data_path(a.data_path, "train")), "results": rows}
+    result = {"machine": describe_machine(("alfworld", "textworld", "fast-downward-textworld")), "data_path": str(resolve_data_path(a.data_path, "train")), "results": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")
     return 0

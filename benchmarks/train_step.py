@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -22,20 +21,7 @@ import time
 
 import torch
 
-
-def machine() -> dict:
-    """CPU model, cores, torch version and threads (GPU name when present)."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+from onelayer.benchmarks.machine import describe_machine
 
 
 def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, repeats: int, device: str) -> dict:
@@ -111,7 +97,7 @@ def main(argv=None) -> None:
         print(f"{r['layers']:>8} {r['trainable_params']:>12,} {r['step_s']:>8.2f} {r['time_vs_all']:>6.2f} "
               f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['memory_vs_all']:>6.2f}")
     result = {"command": "python -m onelayer.benchmarks.train_step " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "model": args.model, "rollouts": args.rollouts,
+              "machine": describe_machine(), "model": args.model, "rollouts": args.rollouts,
               "response_tokens": args.response_tokens, "rows": rows}
     from onelayer.io import atomic_write_json
 

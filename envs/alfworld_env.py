@@ -30,7 +30,6 @@ there; ``env.facts()`` lists them), ``steps``, ``game_file`` and, when an
 
 from __future__ import annotations
 
-import random
 import string
 
 import gymnasium as gym
@@ -38,6 +37,7 @@ from gymnasium import spaces
 
 from onelayer.envs.alfworld_data import GameRef, find_games, resolve_data_path
 from onelayer.envs.alfworld_engine import Engine
+from onelayer.envs.tasks import task_index
 from onelayer.errors import UserError
 
 BASE_CHARSET = string.printable
@@ -110,10 +110,8 @@ class ALFWorldEnv(gym.Env):
         options = options or {}
         if "task_id" in options:
             index = self._resolve(options["task_id"])
-        elif seed is not None:
-            index = random.Random(seed).randrange(self.num_tasks)
         else:
-            index = int(self.np_random.integers(self.num_tasks))
+            index = task_index(seed, self.num_tasks, self.np_random)
         self._game = self.games[index]
         self._engine.load(self._game.game_file)
         state = self._engine.reset()

@@ -20,7 +20,6 @@ the code was found).
 
 from __future__ import annotations
 
-import random
 import string
 
 import gymnasium as gym
@@ -29,6 +28,7 @@ from gymnasium import spaces
 from onelayer.envs.code_data import NAMED_DATASETS, SPLITS, CodeProblem, load_split
 from onelayer.envs.code_extract import extract_code
 from onelayer.envs.code_harness import TestOutcome, clean_text, prompt_context, run_tests
+from onelayer.envs.tasks import task_index
 from onelayer.errors import UserError
 
 MODES = ("single", "multi")
@@ -130,9 +130,7 @@ class CodeEnv(gym.Env):
         if "task_id" in options:
             index = self._resolve(options["task_id"])
         else:
-            # The seed alone picks the problem, so equal seeds give equal tasks (GRPO groups).
-            n = self.num_tasks
-            index = random.Random(seed).randrange(n) if seed is not None else int(self.np_random.integers(n))
+            index = task_index(seed, self.num_tasks, self.np_random)
         self._problem = self._problems[index]
         self._prompt = self._prompts[index]
         self._attempt = 0

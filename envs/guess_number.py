@@ -7,12 +7,12 @@ it is the whole state (a Markov text game), and the anchor is that text.
 
 from __future__ import annotations
 
-import random
 import string
 
 import gymnasium as gym
 from gymnasium import spaces
 
+from onelayer.envs.tasks import task_index
 from onelayer.errors import UserError
 
 
@@ -57,7 +57,7 @@ class GuessNumberEnv(gym.Env):
             if not 1 <= secret <= self.high:
                 raise UserError(f"task_id {options['task_id']!r}: the secret must be in 1..{self.high}")
         else:
-            secret = random.Random(seed).randint(1, self.high) if seed is not None else int(self.np_random.integers(1, self.high + 1))
+            secret = task_index(seed, self.high, self.np_random) + 1
         self._secret, self._guesses = secret, []
         return self._observation(), self._info()
 

@@ -7,7 +7,6 @@ why. ``reset(options={"task_id": ...})`` selects one given problem.
 
 from __future__ import annotations
 
-import random
 import string
 
 import gymnasium as gym
@@ -21,6 +20,7 @@ from onelayer.envs.math_problems import (
     procedural_eval_pool,
     procedural_train_problem,
 )
+from onelayer.envs.tasks import task_index
 from onelayer.errors import UserError
 
 _TRAIN_INDEX_SPACE = 2**31
@@ -97,9 +97,7 @@ class MathEnv(gym.Env):
         if "task_id" in options:
             index = self._index_from_task_id(options["task_id"])
         else:
-            # The seed alone picks the problem, so equal seeds give equal tasks (GRPO groups).
-            limit = _TRAIN_INDEX_SPACE if self._pool is None else len(self._pool)
-            index = random.Random(seed).randrange(limit) if seed is not None else int(self.np_random.integers(limit))
+            index = task_index(seed, _TRAIN_INDEX_SPACE if self._pool is None else len(self._pool), self.np_random)
         self._problem = self._item(index)
         self._done = False
         info = {"task_id": self.task_id_of(index), "anchor": self._problem.question, "gold": self._problem.answer}

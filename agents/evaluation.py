@@ -57,16 +57,18 @@ def evaluate_policy(
     batch_size: int = 64, max_turns: int | None = None, metric: str = "accuracy", parse_actions: bool = False,
 ) -> EvalResult:
     """Run items ``0..num_items-1`` of the eval split once each and return the metric and per-item outcomes."""
-    probe = make_eval_env(env_id, env_kwargs)
-    available = getattr(probe.unwrapped, "num_tasks", None)
-    turns = max_turns or (probe.spec.max_episode_steps if probe.spec and probe.spec.max_episode_steps else 1)
-    probe.close()
+    pool = [make_eval_env(env_id, env_kwargs)]  # one env per live episode, reused across batches
+    available = getattr(pool[0].unwrapped, "num_tasks", None)
+    spec = pool[0].spec
+    turns = max_turns or (spec.max_episode_steps if spec and spec.max_episode_steps else 1)
     if available is not None and num_items > available:
+        pool[0].close()
         raise UserError(f"{env_id} has {available} evaluation items; ask for at most that many (got {num_items})")
+    pool += [make_eval_env(env_id, env_kwargs) for _ in range(min(batch_size, num_items) - 1)]
     items: list[ItemOutcome] = []
     for start in range(0, num_items, batch_size):
         idx = list(range(start, min(num_items, start + batch_size)))
-        envs = [make_eval_env(env_id, env_kwargs) for _ in idx]
+        envs = pool[: len(idx)]
         specs = [EpisodeSpec(group=i, sample=0, seed=seed, options={"task_id": i}) for i in idx]
         trajs = collect(engine, prompt_builder, envs, specs, SamplingParams(max_new_tokens, temperature, 1.0, seed + start),
                         max_turns=turns, parse_actions=parse_actions, env_factory=lambda: make_eval_env(env_id, env_kwargs))
@@ -78,7 +80,8 @@ def evaluate_policy(
                 details["env_error"] = t.error
             items.append(ItemOutcome(i, str(t.task_id), bool(t.success), t.episode_return, t.length,
                                      last.response_text if last else "", details))
-        for e in envs:
-            e.close()
+        pool[: len(idx)] = envs  # collect may have replaced a crashed env
+    for e in pool:
+        e.close()
     value = sum(i.success for i in items) / max(len(items), 1)
     return EvalResult(metric, value, len(items), items)

@@ -18,17 +18,21 @@ from onelayer.agents.engine import HFEngine
 from onelayer.agents.evaluation import METRIC_OF_DOMAIN, evaluate_policy
 from onelayer.agents.models import load_model
 from onelayer.agents.prompts import PromptBuilder
-from onelayer.envs import env_domain
+from onelayer.envs import check_env_id, env_domain
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json
 from onelayer.training import checkpoint as ckpt
 from onelayer.training.config import TrainConfig
 
 
-def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+def read_run_train_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig stored in a run directory."""
+    return TrainConfig.from_dict(ckpt.read_run_config(run_dir)["config"], where=f"{run_dir}/config.json")
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto", config: TrainConfig | None = None):
     """Load a run's base model with its trained tensors applied; returns (model, tokenizer, config)."""
-    stored = ckpt.read_run_config(run_dir)
-    config = TrainConfig.from_dict(stored["config"], where=f"{run_dir}/config.json")
+    config = config or read_run_train_config(run_dir)
     model, tok, _ = load_model(config.model, device, dtype)
     ckpt.load_trained(model, Path(run_dir) / ckpt.TRAINED_FILE)
     return model, tok, config
@@ -41,13 +45,11 @@ def evaluate(
     prompt_template: str | None = None, system_prompt: str | None = None, max_turns: int | None = None,
 ) -> dict:
     """Evaluate a run directory (``run``) or a model (``model``); write JSON to ``out`` when given; return the result."""
-    import gymnasium as gym
-
     if (run is None) == (model is None):
         raise UserError("pass exactly one of --run RUN_DIR or --model MODEL")
     config = None
     if run is not None:
-        config = TrainConfig.from_dict(ckpt.read_run_config(run)["config"], where=f"{run}/config.json")
+        config = read_run_train_config(run)
         env = env or config.env
         env_kwargs = config.env_kwargs if env_kwargs is None else env_kwargs
         max_new_tokens = max_new_tokens or config.eval_max_new_tokens or config.max_new_tokens
@@ -57,16 +59,14 @@ def evaluate(
         num_items = num_items or config.eval_size
         batch_size = batch_size or config.rollout_batch_size
     env = env or "onelayer/Math-v0"
-    if env not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
-        raise UserError(f"unknown env id {env!r}: onelayer envs are {', '.join(known)}")
+    check_env_id(env)
     num_items = 256 if num_items is None else num_items
     batch_size = batch_size or 64
     if num_items < 1:
         raise UserError(f"--num-items must be >= 1, got {num_items}")
     max_new_tokens = max_new_tokens or 20
     if run is not None:
-        mdl, tok, _ = load_run_model(run, device, dtype)
+        mdl, tok, _ = load_run_model(run, device, dtype, config)
     else:
         mdl, tok, _ = load_model(model, device, dtype)
     domain = env_domain(env)

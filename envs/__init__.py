@@ -58,6 +58,16 @@ register(
 )
 
 
+def check_env_id(env_id: str) -> None:
+    """Raise UserError naming the known ids when ``env_id`` is not registered with Gymnasium."""
+    if env_id not in gym.registry:
+        from onelayer.errors import UserError
+
+        known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
+        raise UserError(f"unknown env id {env_id!r}: onelayer envs are {', '.join(known)} "
+                        "(or register your own with gymnasium)")
+
+
 def env_domain(env_id: str) -> str:
     """The domain (math, code, agentic, ...) of a registered env id."""
     if env_id in ENVS:

@@ -111,8 +111,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad value (everything checkable before loading the model)."""
-        import gymnasium as gym
-
+        from onelayer.envs import check_env_id
         from onelayer.training.advantages import ALGORITHMS
         from onelayer.training.layers import parse_layer_spec
         from onelayer.training.losses import LOSS_AGG_MODES
@@ -131,9 +130,7 @@ class TrainConfig:
             raise UserError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.history_length < 0:
             raise UserError(f"history_length must be >= 0, got {self.history_length}")
-        if self.env not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
-            raise UserError(f"unknown env id {self.env!r}: onelayer envs are {', '.join(known)} (or register your own with gymnasium)")
+        check_env_id(self.env)
         if not isinstance(self.env_kwargs, dict):
             raise UserError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
         if self.num_generations < 2:

@@ -148,29 +148,15 @@ def contribution_over_seeds(
     point = layer_contribution(layer.mean(), base.mean(), full.mean(), min_gain)
     if point is None:
         return ContributionEstimate(
-            mean=None,
-            ci_low=None,
-            ci_high=None,
-            n_seeds=n,
-            per_seed=per_seed,
-            defined=False,
-            ci_level=ci,
+            None, None, None, n, per_seed, defined=False, ci_level=ci,
             reason=(
                 f"full-parameter gain too small to divide by: mean(S_full) - mean(S_base) = {gain_full:.4g}, "
                 f"|gain| < min_gain = {min_gain:g}"
             ),
         )
     if n == 1:
-        return ContributionEstimate(
-            mean=point,
-            ci_low=None,
-            ci_high=None,
-            n_seeds=1,
-            per_seed=per_seed,
-            defined=True,
-            ci_level=ci,
-            reason="one seed: no confidence interval",
-        )
+        return ContributionEstimate(point, None, None, 1, per_seed, defined=True, ci_level=ci,
+                                    reason="one seed: no confidence interval")
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))  # row b = the seed indices of resample b
@@ -180,14 +166,7 @@ def contribution_over_seeds(
     dropped = 1.0 - keep.mean()
     if dropped > max_dropped:
         return ContributionEstimate(
-            mean=None,
-            ci_low=None,
-            ci_high=None,
-            n_seeds=n,
-            per_seed=per_seed,
-            defined=False,
-            ci_level=ci,
-            dropped_fraction=float(dropped),
+            None, None, None, n, per_seed, defined=False, ci_level=ci, dropped_fraction=float(dropped),
             reason=(
                 f"full-parameter gain too small to divide by: in {dropped:.1%} of bootstrap resamples "
                 f"(limit {max_dropped:.0%}) mean(S_full) - mean(S_base) was below min_gain = {min_gain:g} "

@@ -154,3 +154,31 @@ class HFEngine:
                 mask, step_pos, step_ids = mask[idx], step_pos[idx], step_ids[idx]
                 alive = [alive[r] for r in keep]
         return [Generation(t, lp, f) for t, lp, f in zip(tokens, logps, finish)]
+
+
+# ---------------------------------------------------------------- registry
+ENGINES: dict[str, str] = {
+    "hf": "onelayer.agents.engine:HFEngine",
+}
+
+
+def register_engine(name: str, target: str) -> None:
+    """Register an engine class by ``'module:Class'``; its ``__init__(model, tokenizer, **options)``."""
+    ENGINES[name] = target
+
+
+def make_engine(name: str, model, tokenizer, **options) -> RolloutEngine:
+    """Build the rollout engine called ``name`` ("hf", or one registered) around ``model``.
+
+    Unknown names raise a UserError listing the choices; an engine whose
+    backend is missing raises a UserError naming what to install.
+    """
+    import importlib
+
+    from onelayer.errors import UserError
+
+    if name not in ENGINES:
+        raise UserError(f"unknown engine {name!r}: choose one of {', '.join(sorted(ENGINES))}")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(model, tokenizer, **options)
+

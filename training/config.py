@@ -78,6 +78,7 @@ class TrainConfig:
     report_to: list = _f([], "Extra metric sinks besides metrics.jsonl: tensorboard, wandb.")
     reward_funcs: list = _f([], "Extra rewards added to the env's: 'module:function' callables (TRL reward_funcs style).")
     rollout_batch_size: int = _f(64, "Sequences per engine forward when sampling.")
+    engine: str = _f("hf", "Rollout engine: hf (transformers, everywhere) or another registered engine (vllm on GPU).")
 
     def to_dict(self) -> dict:
         """Plain dict of every option."""
@@ -165,6 +166,10 @@ class TrainConfig:
             if ":" not in fn:
                 raise UserError(f"reward function {fn!r} must be 'module:function'")
         parse_layer_spec(self.layers, 10**6)  # syntax only; the range is checked once the model is loaded
+        from onelayer.agents.engine import ENGINES
+
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}: choose one of {', '.join(sorted(ENGINES))}")
 
 
 def load_config_file(path: str | Path) -> dict:

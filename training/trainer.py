@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from onelayer.agents.engine import HFEngine, SamplingParams
+from onelayer.agents.engine import SamplingParams, make_engine
 from onelayer.agents.evaluation import METRIC_OF_DOMAIN, EvalResult, evaluate_policy
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
@@ -121,7 +121,7 @@ class Trainer:
         # Reference weights: the initial values of the trained tensors only (the rest never change).
         self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
         self.lower = self._lower_stack()
-        self.engine = HFEngine(model, tokenizer, max_batch_size=config.rollout_batch_size)
+        self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size)
         self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt,
                                                 config.history_length)
         self.parse_actions = self.domain == "agentic"

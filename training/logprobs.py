@@ -48,7 +48,8 @@ def response_logprobs(
     body, head = decoder_body(model), model.get_output_embeddings()
     ctx = lower.replay(lower_hidden) if lower is not None and lower_hidden is not None else contextlib.nullcontext()
     with ctx:
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: nothing reuses it, and a checkpointed block's recomputation would append to it again.
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     mask = response_mask[:, 1:].bool()
     hs = hidden[:, :-1][mask]  # (N, H): states that predict response tokens
     targets = input_ids[:, 1:][mask]

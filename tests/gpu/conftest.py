@@ -1,0 +1,26 @@
+"""GPU tests: skipped, with the reason, where CUDA or vLLM is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def _missing() -> str | None:
+    if not torch.cuda.is_available():
+        return f"needs a CUDA GPU (torch {torch.__version__} sees none)"
+    if importlib.util.find_spec("vllm") is None:
+        return "needs vLLM: pip install 'onelayer[vllm]' on the CUDA machine"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _missing()
+    if reason is None:
+        return
+    here = str(__file__).rsplit("/", 1)[0]
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -78,3 +78,15 @@ def grade(response: str, gold: str) -> Grade:
     except Exception as e:  # math-verify raises on pathological input; a bad answer is just wrong
         return Grade(False, extracted, f"could not compare answers: {type(e).__name__}")
     return Grade(ok, extracted, "correct" if ok else f"expected {gold}, got {extracted}")
+
+
+def same_answer(a: str, b: str) -> bool:
+    """True when two extracted final answers are equal after math-verify normalisation (e.g. ``0.5`` and ``\\frac{1}{2}``)."""
+    from math_verify import verify
+
+    if a.strip() == b.strip():
+        return True
+    try:
+        return bool(verify(_parse(a), _parse(b), timeout_seconds=None))
+    except Exception:  # math-verify raises on pathological input: treat as different answers
+        return False

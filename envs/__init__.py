@@ -68,6 +68,22 @@ def check_env_id(env_id: str) -> None:
                         "(or register your own with gymnasium)")
 
 
+def number_option(env_id: str, name: str, value, kind: type = int):
+    """An env option as ``kind`` (int or float), or a UserError naming the option and its bad value."""
+    from onelayer.errors import UserError
+
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{env_id} option {name} must be {what}, got {value!r}: fix --env-kwargs {name}=...") from None
+
+
 def env_domain(env_id: str) -> str:
     """The domain (math, code, agentic, ...) of a registered env id."""
     if env_id in ENVS:

@@ -35,6 +35,7 @@ import string
 import gymnasium as gym
 from gymnasium import spaces
 
+from onelayer.envs import number_option
 from onelayer.envs.alfworld_data import GameRef, find_games, resolve_data_path
 from onelayer.envs.alfworld_engine import Engine
 from onelayer.envs.tasks import task_index
@@ -64,6 +65,8 @@ class ALFWorldEnv(gym.Env):
 
     def __init__(self, data_path=None, split: str = "train", task_types=None, success_reward: float = 10.0,
                  max_steps: int = 50, expert: str | None = None, max_length: int = 8192):
+        max_steps = number_option("onelayer/ALFWorld-v0", "max_steps", max_steps)
+        success_reward = number_option("onelayer/ALFWorld-v0", "success_reward", success_reward, float)
         if int(max_steps) < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
         self.data_path = resolve_data_path(data_path, split)

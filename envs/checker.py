@@ -30,7 +30,10 @@ class CheckResult:
 def load_env(target: str, **kwargs) -> gym.Env:
     """Make an env from a registered id (``onelayer/Math-v0``) or ``module:Class`` / ``module:env_id``."""
     if target in gym.registry:
-        return gym.make(target, **kwargs)
+        try:
+            return gym.make(target, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad env options {kwargs} for {target}: {' '.join(str(e).split())}") from None
     if ":" not in target:
         known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
         raise UserError(f"unknown env {target!r}: pass a registered id ({', '.join(known)}) or module:Class")

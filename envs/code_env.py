@@ -25,6 +25,7 @@ import string
 import gymnasium as gym
 from gymnasium import spaces
 
+from onelayer.envs import number_option
 from onelayer.envs.code_data import NAMED_DATASETS, SPLITS, CodeProblem, load_split
 from onelayer.envs.code_extract import extract_code
 from onelayer.envs.code_harness import TestOutcome, clean_text, prompt_context, run_tests
@@ -64,6 +65,10 @@ class CodeEnv(gym.Env):
     def __init__(self, dataset: str = "humaneval", split: str = "train", mode: str = "single",
                  max_attempts: int = 3, reward: str = "binary", timeout_s: float | None = None,
                  memory_mb: int = 1024, isolation: str | None = None, max_length: int = 16384):
+        max_attempts, memory_mb, max_length = (number_option("onelayer/Code-v0", n, v) for n, v in
+                                               (("max_attempts", max_attempts), ("memory_mb", memory_mb), ("max_length", max_length)))
+        if timeout_s is not None:
+            timeout_s = number_option("onelayer/Code-v0", "timeout_s", timeout_s, float)
         if not isinstance(dataset, str) or not dataset:
             raise UserError(f"dataset must be one of {', '.join(NAMED_DATASETS)} or a .jsonl path, got {dataset!r}")
         if split not in SPLITS:

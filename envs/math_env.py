@@ -12,6 +12,7 @@ import string
 import gymnasium as gym
 from gymnasium import spaces
 
+from onelayer.envs import number_option
 from onelayer.envs.grading import grade
 from onelayer.envs.math_problems import (
     LEVELS,
@@ -43,7 +44,7 @@ class MathEnv(gym.Env):
     def __init__(self, source: str = "procedural", level: int = 1, split: str = "train", max_length: int = 8192):
         if split not in ("train", "eval"):
             raise UserError(f"unknown split {split!r} for onelayer/Math-v0: use 'train' or 'eval'")
-        self.source, self.level, self.split = source, int(level), split
+        self.source, self.level, self.split = source, number_option("onelayer/Math-v0", "level", level), split
         self._path = None
         if source == "procedural":
             if self.level not in LEVELS:

@@ -136,10 +136,25 @@ def _load_local(path: Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"math data file {path} does not exist: pass an existing .jsonl, .json or .parquet path")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one problem object per line") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise UserError(f"{path}: every line must be a JSON object with 'question' and 'answer' fields")
+        return records
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, list) else data.get("data", [])
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected a list of problem objects") from None
+        data = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else None
+        if data is None or not all(isinstance(r, dict) for r in data):
+            raise UserError(f"{path}: expected a list of objects with 'question' and 'answer' fields (or {{'data': [...]}})")
+        return data
     if path.suffix == ".parquet":
         import datasets
 

@@ -77,8 +77,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break  # torn final line from a killed writer
-            raise
+            raise ValueError(f"{path} line {i + 1} is not valid JSON ({e.msg})") from None
     return records

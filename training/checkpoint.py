@@ -10,12 +10,15 @@ Layout of a run directory::
 
 Every ``.safetensors`` file holds exactly the trained tensors (values, not
 differences); optimizer and RNG state live in other files. ``state.json`` is
-written last, so a checkpoint without it is incomplete and is ignored.
+written last and records the other files' sizes, so a checkpoint without it
+is incomplete (ignored) and one whose files do not match it is damaged (resume
+says so and falls back to the previous checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from onelayer.io import atomic_write, atomic_write_json
 TRAINED_FILE = "trained.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+_CKPT_NAME = re.compile(r"step-(\d+)")
 
 
 def trained_state(model, names: list[str]) -> dict[str, torch.Tensor]:
@@ -47,8 +53,14 @@ def load_trained(model, path: str | Path, strict_names: bool = True) -> list[str
     """Copy tensors from a trained.safetensors file into ``model``; returns the names loaded."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist: a run directory holds trained.safetensors once a step has finished")
-    tensors = load_file(str(path))
+        raise UserError(f"{path} does not exist: a run directory holds trained.safetensors once a step has finished "
+                        f"(`onelayer train --resume --out {path.parent}` rewrites it from the last checkpoint)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # truncated or overwritten: safetensors checks the header against the file size
+        fix = (f": `onelayer train --resume --out {path.parent}` rewrites it from the last checkpoint"
+               if (path.parent / CONFIG_FILE).is_file() else "")
+        raise UserError(f"{path} is damaged ({' '.join(str(e).split())[:200]}){fix}") from None
     params = dict(model.named_parameters())
     missing = [n for n in tensors if n not in params]
     if missing and strict_names:
@@ -71,32 +83,91 @@ def save_checkpoint(run_dir: Path, step: int, model, names: list[str], optimizer
     """Write a complete checkpoint (weights, optimizer, state last) and prune old ones."""
     d = checkpoint_dir(run_dir, step)
     d.mkdir(parents=True, exist_ok=True)
+    (d / STATE_FILE).unlink(missing_ok=True)  # rewriting a checkpoint: incomplete until state.json is back
     save_trained(d / TRAINED_FILE, model, names, {"step": step})
-    atomic_write(d / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
-    atomic_write_json(d / "state.json", {"step": step, **state})
+    atomic_write(d / OPTIMIZER_FILE, lambda tmp: torch.save(optimizer.state_dict(), tmp))
+    sizes = {n: (d / n).stat().st_size for n in (TRAINED_FILE, OPTIMIZER_FILE)}
+    atomic_write_json(d / STATE_FILE, {"step": step, **state, "files": sizes})
     save_trained(run_dir / TRAINED_FILE, model, names, {"step": step})
     done = complete_checkpoints(run_dir)
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed first, so a kill mid-delete never leaves a half-deleted dir that looks like a checkpoint.
+        gone = old.with_name(f".{old.name}.deleting")
+        shutil.rmtree(gone, ignore_errors=True)
+        old.rename(gone)
+        shutil.rmtree(gone, ignore_errors=True)
     return d
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Every ``checkpoints/step-N`` folder, complete or not, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _CKPT_NAME.fullmatch(p.name))
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint folder (missing or damaged file), or None when it looks whole.
+
+    Only cheap checks: files present, state.json readable, sizes as recorded. Loading
+    the tensors (resume does that next) catches the rest.
+    """
+    if not (ckpt / STATE_FILE).is_file():
+        return f"is incomplete (no {STATE_FILE}: the run was stopped while writing it)"
+    try:
+        state = load_state(ckpt)
+        step = int(state["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"has a damaged {STATE_FILE} ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    if step != int(_CKPT_NAME.fullmatch(ckpt.name).group(1)):
+        return f"has a {STATE_FILE} for step {step}, not for {ckpt.name}"
+    for name in (TRAINED_FILE, OPTIMIZER_FILE):
+        if not (ckpt / name).is_file():
+            return f"is missing {name}"
+        want = (state.get("files") or {}).get(name)
+        if want is not None and (ckpt / name).stat().st_size != want:
+            return f"has a damaged {name} ({(ckpt / name).stat().st_size} bytes, {want} written)"
+    return None
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete temporary files of interrupted atomic writes and half-pruned checkpoints; return what was removed."""
+    run_dir = Path(run_dir)
+    found = [p for d in [run_dir, run_dir / "checkpoints", *checkpoint_dirs(run_dir)] if d.is_dir()
+             for p in d.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".deleting"))]
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints that finished writing, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "state.json").is_file() and (p / TRAINED_FILE).is_file())
+    return [p for p in checkpoint_dirs(run_dir) if (p / STATE_FILE).is_file() and (p / TRAINED_FILE).is_file()]
 
 
 def load_state(ckpt: Path) -> dict:
     """The state.json of a checkpoint."""
-    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    if not isinstance(state, dict):
+        raise ValueError(f"{STATE_FILE} holds {type(state).__name__}, not an object")
+    return state
 
 
 def read_run_config(run_dir: str | Path) -> dict:
-    """The config.json of a run directory, with a clear error when it is not one."""
+    """The config.json of a run directory, with a clear error when it is not one or it is damaged."""
     p = Path(run_dir) / CONFIG_FILE
     if not p.is_file():
         raise UserError(f"{run_dir} is not a onelayer run directory (no {CONFIG_FILE}); pass the --out of a `onelayer train` run")
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p} is damaged (not valid JSON: {' '.join(str(e).split())[:120]}): it holds the run's options; "
+                        "restore it from a copy, or start a new run with another --out") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise UserError(f"{p} is damaged (no 'config' object): it holds the run's options; restore it from a copy, "
+                        "or start a new run with another --out")
+    return data

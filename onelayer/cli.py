@@ -11,10 +11,57 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from onelayer.errors import TrainingError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+def _raw_value(args: list[str], opts: list[str]) -> str | None:
+    """The text given for an option on the command line (``--flag VALUE`` or ``--flag=VALUE``)."""
+    for i, a in enumerate(args):
+        for o in opts:
+            if a == o and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(o + "="):
+                return a[len(o) + 1:]
+    return None
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Command-line usage errors (bad flag, wrong value type) print one line and exit 2, like UserError."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        import sys
+
+        try:  # newer typer vendors click; its parser raises these
+            from typer._click import exceptions as cx
+        except ImportError:
+            from click import exceptions as cx
+
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except getattr(cx, "NoArgsIsHelpError", ()) as e:
+            typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
+            sys.exit(2)
+        except cx.ClickException as e:
+            where = e.ctx.command_path if getattr(e, "ctx", None) else "onelayer"
+            msg = e.format_message().rstrip(".")
+            param = getattr(e, "param", None)
+            raw = _raw_value(argv, list(param.opts)) if param is not None and getattr(param, "opts", None) else None
+            if raw is not None and repr(raw) not in msg:
+                msg += f" (got {raw!r})"
+            typer.echo(f"error: {msg}; see '{where} --help'", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Layer-targeted RL for LLM agents: train one transformer layer and measure what it recovers.")
 envs_app = typer.Typer(no_args_is_help=True, help="List and check onelayer environments.")
 app.add_typer(envs_app, name="envs")
@@ -132,6 +179,10 @@ def _train_impl(*, config=None, resume=False, quiet=False, **flags):
     from onelayer.training.trainer import Trainer
 
     cfg = _config_from_flags(config, flags, resume)
+    if quiet:  # no weight-loading bar either: the output is the result line (or one error line)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     trainer = Trainer(cfg, resume=resume)
     result = trainer.train(progress=not quiet)
     ev = result.final_eval or {}
@@ -164,10 +215,31 @@ def eval_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per engine batch (default: the run's, else 64)."),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Named suite(s) NAME[,NAME...] instead of --env (see `onelayer suites`)."),
+    vote: Optional[str] = typer.Option(None, "--vote", help="RUN1,RUN2,...: majority vote over these runs' final answers (or saved eval JSONs), with their pairwise Jaccard overlap."),
+    self_consistency: Optional[str] = typer.Option(None, "--self-consistency", help="With --vote: a run or model sampled once per vote member and voted, the equal-budget baseline."),
+    sc_temperature: float = typer.Option(0.7, "--sc-temperature", help="Sampling temperature for --self-consistency."),
 ):
     """Score a trained run or a base model on an env's evaluation split; print the metric and write JSON."""
     from onelayer.benchmarks.evaluate import evaluate
 
+    if vote is not None:
+        if run or model:
+            raise UserError("--vote names the runs itself: drop --run/--model")
+        if temperature or seed:
+            raise UserError("--vote members answer greedily: drop --temperature/--seed (use --sc-temperature for "
+                            "the self-consistency baseline)")
+        _eval_vote(vote, suite, env, env_kwargs, num_items, max_new_tokens, batch_size, self_consistency,
+                   sc_temperature, device, dtype, out)
+        return
+    if self_consistency is not None:
+        raise UserError("--self-consistency is the baseline of a --vote: add --vote RUN1,RUN2,...")
+    if suite is not None:
+        if env or env_kwargs or max_new_tokens or temperature or seed:
+            raise UserError("--suite fixes the env, item list and sampling settings: drop --env/--env-kwargs/"
+                            "--max-new-tokens/--temperature/--seed (or evaluate with --env instead of --suite)")
+        _eval_suites(suite, run, model, out, num_items, batch_size, device, dtype)
+        return
     kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else None
     res = evaluate(run=str(run) if run else None, model=model, env=env, env_kwargs=kwargs,
                    out=str(out) if out else None, num_items=num_items, max_new_tokens=max_new_tokens,
@@ -175,6 +247,191 @@ def eval_cmd(
     what = f"run {run}" if run else f"model {model}"
     typer.echo(f"{what} on {res['env']}: {res['metric']} = {res[res['metric']]:.4f} ({res['num_items']} items)"
                + (f" -> {out}" if out else ""))
+
+
+def _eval_vote(vote, suite, env, env_kwargs, num_items, max_new_tokens, batch_size, self_consistency, sc_temperature,
+               device, dtype, out) -> None:
+    from onelayer.benchmarks.vote import VoteResult, run_vote
+
+    if suite is not None and (env or env_kwargs or max_new_tokens):
+        raise UserError("--suite fixes the env, item list and sampling settings: drop --env/--env-kwargs/--max-new-tokens")
+    members = [m.strip() for m in vote.split(",") if m.strip()]
+    kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else None
+    res = run_vote(members, suite=suite, env=env, env_kwargs=kwargs, num_items=num_items,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, self_consistency=self_consistency,
+                   sc_temperature=sc_temperature, device=device, dtype=dtype, out=str(out) if out else None)
+    v = res["vote"]
+    typer.echo(VoteResult(**{k: v[k] for k in v if k != "items"}).summary())
+    sc = res["self_consistency"]
+    if sc is not None:
+        score = sc["vote_score"] if sc["vote_score"] is not None else sc["any_score"]
+        what = "majority vote" if sc["vote_score"] is not None else "solved by any sample"
+        typer.echo(f"self-consistency of {sc['source']} ({sc['num_samples']} samples at T={sc['temperature']:g}): "
+                   f"{what} {score:.4f}; mean pairwise Jaccard "
+                   + ("n/a" if sc["mean_jaccard"] is None else f"{sc['mean_jaccard']:.3f}"))
+    if out:
+        typer.echo(f"-> {out}")
+
+
+def _eval_suites(suite, run, model, out, num_items, batch_size, device, dtype) -> None:
+    from onelayer.benchmarks.evaluate import evaluate_suites
+
+    res = evaluate_suites(suite, run=str(run) if run else None, model=model, out=str(out) if out else None,
+                          batch_size=batch_size, device=device, dtype=dtype, num_items=num_items)
+    results = res["suites"] if "suites" in res else {res["suite"]: res}
+    what = f"run {run}" if run else f"model {model}"
+    typer.echo(f"{what}\n{'suite':20s} {'metric':14s} {'value':>8s} {'items':>6s}")
+    for name, r in results.items():
+        typer.echo(f"{name:20s} {r['metric']:14s} {r[r['metric']]:8.4f} {r['num_items']:6d}")
+    for name, why in res.get("missing", {}).items():
+        typer.echo(f"{name:20s} {'(missing)':14s} {'-':>8s} {'-':>6s}  {why}")
+    if out:
+        typer.echo(f"-> {out}")
+
+
+@app.command("suites")
+def suites_cmd():
+    """List the named evaluation suites (use with `onelayer eval --suite NAME`)."""
+    from onelayer.benchmarks.suites import SUITES
+
+    for s in SUITES.values():
+        typer.echo(f"{s.name:18s} {s.domain:8s} {s.metric:9s} {s.description}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``3`` = seeds 0, 1, 2; ``0,5,7`` (or ``5,``) lists them."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        if len(parts) == 1:
+            n = int(parts[0])
+            if n < 1:
+                raise UserError(f"--seeds {text}: a count must be >= 1 (or list seeds: 0,5,7)")
+            return list(range(n))
+        return [int(t) for t in parts if t]
+    except ValueError:
+        raise UserError(f"--seeds takes a count (3 = seeds 0,1,2) or a comma list (0,5,7), got {text!r}") from None
+
+
+@app.command("sweep")
+@_user_errors
+def sweep_cmd(
+    out: Path = typer.Option(..., "--out", help="Sweep directory (results.jsonl, jobs/, report/); rerun to resume or extend."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named settings: cpu-math-demo, cpu-math, cpu-code, cpu-agentic, gpu-... (flags override)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model (HF id, dir, .gguf, smollm2-135m)."),
+    domains: Optional[str] = typer.Option(None, "--domains", help="math,code,agentic (or env ids). Default: math."),
+    algo: Optional[str] = typer.Option(None, "--algo", help="gigpo, grpo, drgrpo, or a comma list to compare algorithms. Default: gigpo."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Single-layer targets: all, or a list/ranges like 0,6,12 or 0-29, 15.mlp."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 0,5,7 lists them. Default: 3."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per training job. Default: 10."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="The full-parameter lr, used for every job (the paper's rule)."),
+    single_layer_lr_scale: Optional[float] = typer.Option(None, "--single-layer-lr-scale", help="Multiply lr for single-layer jobs (recorded). Default: 1."),
+    suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites, each used for its own domain (first = in-domain score)."),
+    extra_suites: Optional[str] = typer.Option(None, "--extra-suites", help="Suites evaluated on every job too (transfer)."),
+    transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's suites."),
+    eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Items per suite (overrides the suites' own count)."),
+    train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options for every job: key=value,... or JSON ({\"math\": {...}} per domain)."),
+    insert_layer: Optional[str] = typer.Option(None, "--insert-layer", help="module:factory building a new block to insert and train (e.g. onelayer.training.insert:identity_copy)."),
+    at: Optional[str] = typer.Option(None, "--at", help="Where --insert-layer puts its block: one index or a comma list."),
+    baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline", help="Evaluate the untrained model (needed for contribution)."),
+    full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Run full-parameter RL (needed for contribution)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (one job at a time here) or ray (a Ray task per job)."),
+    cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="Ray: CPUs (and torch threads) per job."),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="Ray: GPUs per job."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and exit."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write SWEEP_DIR/report/ at the end."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
+):
+    """Layer sweep: base, full-parameter RL and single-layer RL per domain and seed; layer contribution report."""
+    from onelayer.benchmarks.sweep import (
+        SPEC_FILE,
+        SweepSpec,
+        log_stderr,
+        plan_jobs,
+        preset_spec,
+        run_sweep,
+    )
+
+    data: dict = {}
+    stored = out / SPEC_FILE
+    if stored.is_file():
+        data = json.loads(stored.read_text())["spec"]
+    if preset:
+        data.update(preset_spec(preset))
+    flags = {
+        "model": model, "steps": steps, "lr": lr, "single_layer_lr_scale": single_layer_lr_scale,
+        "transfer": transfer, "eval_items": eval_items, "insert_layer": insert_layer, "baseline": baseline,
+        "full": full, "executor": executor, "cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job,
+        "layers": layers,
+        "domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "algos": [a.strip() for a in algo.split(",") if a.strip()] if algo else None,
+        "seeds": _parse_seeds(seeds) if seeds else None,
+        "extra_suites": [n.strip() for n in extra_suites.split(",") if n.strip()] if extra_suites else None,
+        "train": _parse_mapping(train, "--train") if train else None,
+    }
+    if at:
+        try:
+            flags["insert_at"] = [int(a) for a in at.split(",") if a.strip()]
+        except ValueError:
+            raise UserError(f"--at takes block indices (15 or 12,15), got {at!r}") from None
+    if suites:
+        from onelayer.benchmarks.suites import get_suite
+
+        by_domain: dict = {}
+        for name in (n.strip() for n in suites.split(",") if n.strip()):
+            by_domain.setdefault(get_suite(name).domain, []).append(name)
+        flags["suites"] = by_domain
+    data.update({k: v for k, v in flags.items() if v is not None})
+    spec = SweepSpec.from_dict(data)
+    if dry_run:
+        from onelayer.benchmarks.sweep import validate_spec
+
+        validate_spec(spec)
+        from onelayer.benchmarks.sweep import _num_layers_of
+
+        n = json.loads(stored.read_text()).get("num_layers") if stored.is_file() else _num_layers_of(spec.model)
+        for j in plan_jobs(spec, n):
+            typer.echo(j.id)
+        return
+    run_sweep(spec, out, progress=not quiet, log=log_stderr)
+    if report:
+        from onelayer.benchmarks.report import write_report
+
+        path = write_report(out)
+        typer.echo((path.parent / "summary.txt").read_text())
+        typer.echo(f"report: {path}")
+
+
+@app.command("compare")
+@_user_errors
+def compare_cmd(
+    sweep: Path = typer.Option(..., "--sweep", help="Sweep directory whose layer ranking the methods use."),
+    methods: str = typer.Option("full,only-top5,boost-top5,mid5,only-bottom5,lora-matched", "--methods",
+                                help="full, only-topK, only-bottomK, boost-topK, midK, lora-matched (comma list)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the comparison (results.jsonl, jobs/, compare.md); rerun to resume."),
+    domains: Optional[str] = typer.Option(None, "--domains", help="Domains to compare on (default: the sweep's)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 10,11,12 lists them (default: 3 seeds the sweep did not use)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per job (default: the sweep's)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
+):
+    """Layer-aware methods (Only-Bk, Boost-Bk, Mid-k, LoRA-matched) vs full RL on the same data, budget and seeds."""
+    from onelayer.benchmarks.compare import parse_methods, run_compare
+
+    path = run_compare(sweep, parse_methods(methods), out,
+                       domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+                       seeds=_parse_seeds(seeds) if seeds else None, steps=steps, progress=not quiet)
+    typer.echo((path.parent / "summary.txt").read_text())
+    typer.echo(f"comparison: {path}")
+
+
+@app.command("report")
+@_user_errors
+def report_cmd(sweep_dir: Path = typer.Argument(..., help="A sweep directory of `onelayer sweep`.")):
+    """Write SWEEP_DIR/report/: Markdown report, CSV/JSON of every number, PNG plots."""
+    from onelayer.benchmarks.report import write_report
+
+    path = write_report(sweep_dir)
+    typer.echo((path.parent / "summary.txt").read_text())
+    typer.echo(f"report: {path}")
 
 
 @app.command("export")
@@ -212,6 +469,8 @@ def envs_check(
     """Run Gymnasium's check_env plus onelayer's contract checks; exit 1 when any check fails."""
     from onelayer.envs.checker import check, format_report, load_env
 
+    if max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {max_steps}")
     kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else {}
     load_env(target, **kwargs).close()  # a bad target fails here with a clear message
     results = check(lambda: load_env(target, **kwargs), max_steps=max_steps)
@@ -241,6 +500,38 @@ def alfworld_generate(
                            max_receptacles=max_receptacles, min_distractors=min_distractors,
                            max_distractors=max_distractors, overwrite=overwrite, progress=True)
     typer.echo(f"wrote {len(games)} games to {out}")
+
+
+@app.command("bench")
+@_user_errors
+def bench_cmd(
+    sections: str = typer.Option("rollout,train,alfworld,gpu", "--sections",
+                                 help="Comma-separated: rollout, train, alfworld, gpu (skipped without CUDA + vLLM)."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Model for every section."),
+    batch_sizes: str = typer.Option("1,8,64", "--batch-sizes", help="Rollout batch sizes."),
+    engines: str = typer.Option("hf,llamacpp", "--engines", help="Rollout engines compared with plain generate."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Rollout: tokens per response at most."),
+    repeats: int = typer.Option(2, "--repeats", help="Rollout: timed calls per engine and batch size."),
+    workers: Optional[str] = typer.Option(None, "--workers", help="ALFWorld worker counts (default: 1 and the core count)."),
+    alfworld_engine: str = typer.Option("llamacpp", "--alfworld-engine", help="Engine acting in the ALFWorld section."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results (and the machine) to this JSON file."),
+):
+    """Speed on this machine: engine vs plain generate, training step by layer, ALFWorld with 1 and N workers."""
+    import sys
+
+    from onelayer.benchmarks.bench import print_tables, run_sections
+    from onelayer.io import atomic_write_json
+
+    result = run_sections([s.strip() for s in sections.split(",") if s.strip()], model,
+                          [int(b) for b in batch_sizes.split(",")], [e.strip() for e in engines.split(",")],
+                          max_new_tokens, repeats,
+                          alfworld_workers=[int(w) for w in workers.split(",")] if workers else None,
+                          alfworld_engine=alfworld_engine)
+    result["command"] = "onelayer " + " ".join(sys.argv[1:])
+    print_tables(result)
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+        typer.echo(f"wrote {json_out}", err=True)
 
 
 def main() -> None:

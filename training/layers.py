@@ -8,6 +8,8 @@ Spec grammar for ``--layers``::
     12-16       an inclusive range
     middle      block L // 2
     mid:K       the K middle blocks, floor(L/2 - K/2) <= l < floor(L/2 + K/2)
+    top:K@DIR   the K blocks with the highest mean contribution in the sweep DIR
+    bottom:K@DIR  the K blocks with the lowest (the control for top:K)
     all         every block
     none        nothing (a no-training control)
     15.mlp      a sub-module of a block (``attn`` / ``mlp`` / ``norm`` or the
@@ -16,6 +18,11 @@ Spec grammar for ``--layers``::
 
 Embeddings, the final norm and the LM head stay frozen unless named in
 ``also_train`` (``embeddings``, ``final_norm``, ``lm_head``).
+
+``top:K@DIR`` / ``bottom:K@DIR`` depend on a sweep's results and a domain, so
+they are resolved once (:func:`resolve_ranked_spec`) into an explicit list
+before a spec reaches :func:`parse_layer_spec`; a run stores that list and a
+resumed run reuses it without reading the sweep again.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ _SUBMODULE_ALIASES = {
     "norm": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
              "post_feedforward_layernorm", "ln_1", "ln_2", "norm"),
 }
-_EXTRA_TARGETS = ("embeddings", "final_norm", "lm_head")
+_EXTRA_TARGETS = EXTRA_TARGETS = ("embeddings", "final_norm", "lm_head")
 
 
 @dataclass
@@ -129,6 +136,106 @@ def _resolve_index(token: str, num_layers: int, spec: str) -> int:
     return idx % num_layers
 
 
+_RANKED = re.compile(r"(top|bottom):(\d+)@(.+)", re.IGNORECASE)
+
+
+def is_ranked_spec(spec: str) -> bool:
+    """True for ``top:K@DIR`` / ``bottom:K@DIR`` specs (they need a sweep to resolve)."""
+    return bool(re.match(r"\s*(top|bottom):", str(spec), re.IGNORECASE))
+
+
+def _parse_ranked(spec: str) -> tuple[str, int, str]:
+    m = _RANKED.fullmatch(str(spec).strip())
+    if not m or int(m.group(2)) < 1 or not m.group(3).strip():
+        raise UserError(f"bad layer spec {spec!r}: use top:K@SWEEP_DIR or bottom:K@SWEEP_DIR with an integer K >= 1, "
+                        "e.g. top:5@sweeps/qwen3-1.7b")
+    return m.group(1).lower(), int(m.group(2)), m.group(3).strip()
+
+
+def check_layer_spec(spec: str) -> None:
+    """Check a spec's syntax without a model or a sweep (raises UserError)."""
+    if is_ranked_spec(spec):
+        _parse_ranked(spec)
+    else:
+        parse_layer_spec(spec, 10**6)  # the range is checked once the model is loaded
+
+
+def rank_layers(ranking: dict[int, float], k: int, which: str = "top") -> list[int]:
+    """The ``k`` layers with the highest (``top``) or lowest (``bottom``) value, sorted by index.
+
+    Ties go to the lower layer index in both directions, so the result never
+    depends on the order of the sweep's rows.
+    """
+    if which not in ("top", "bottom"):
+        raise ValueError(f"which must be top or bottom, got {which!r}")
+    sign = -1.0 if which == "top" else 1.0
+    order = sorted(ranking, key=lambda layer: (sign * ranking[layer], layer))
+    return sorted(order[:k])
+
+
+@dataclass
+class RankedLayers:
+    """A ``top:K@DIR`` / ``bottom:K@DIR`` spec resolved against a sweep."""
+
+    spec: str
+    which: str
+    k: int
+    sweep_dir: str
+    domain: str
+    layers: list[int]
+    ranking: dict[int, float]
+    """Mean contribution of every ranked layer (the sweep's state when the run started)."""
+
+    @property
+    def explicit(self) -> str:
+        """The equivalent explicit spec, e.g. ``9,10,12``."""
+        return ",".join(map(str, self.layers))
+
+    def describe(self) -> str:
+        """One line for the console."""
+        scores = ", ".join(f"{i}: {self.ranking[i]:.2f}" for i in self.layers)
+        return (f"{self.spec} -> layers {self.explicit} ({self.which} {self.k} of {len(self.ranking)} ranked for "
+                f"{self.domain!r} in {self.sweep_dir}; contribution {scores})")
+
+    def to_dict(self) -> dict:
+        """JSON form stored in a run's config (ranking keys become strings)."""
+        return {"spec": self.spec, "which": self.which, "k": self.k, "sweep_dir": self.sweep_dir,
+                "domain": self.domain, "layers": self.layers,
+                "ranking": {str(i): c for i, c in sorted(self.ranking.items())}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RankedLayers:
+        """Inverse of :meth:`to_dict`."""
+        return cls(d["spec"], d["which"], int(d["k"]), d["sweep_dir"], d["domain"], [int(i) for i in d["layers"]],
+                   {int(i): float(c) for i, c in d["ranking"].items()})
+
+
+def resolve_ranked_spec(spec: str, domain: str) -> RankedLayers:
+    """Resolve ``top:K@DIR`` / ``bottom:K@DIR`` with the sweep's layer ranking for ``domain``."""
+    from pathlib import Path
+
+    from onelayer.benchmarks.sweep_results import layer_ranking
+
+    which, k, sweep_dir = _parse_ranked(spec)
+    if not Path(sweep_dir).is_dir():
+        raise UserError(f"layer spec {spec!r}: sweep directory {sweep_dir} does not exist "
+                        f"(run `onelayer sweep --out {sweep_dir}` first, or fix the path)")
+    ranking = layer_ranking(sweep_dir, domain)
+    if k > len(ranking):
+        raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} ranks only {len(ranking)} layers for domain "
+                        f"{domain!r}; ask for at most {len(ranking)}")
+    return RankedLayers(str(spec).strip(), which, k, sweep_dir, domain, rank_layers(ranking, k, which), ranking)
+
+
+def explicit_spec(spec: str, resolved: dict[str, RankedLayers]) -> str:
+    """``spec`` itself, or the explicit layer list a ranked spec resolved to (from ``resolved``)."""
+    if not is_ranked_spec(spec):
+        return spec
+    if spec.strip() not in resolved:
+        raise UserError(f"layer spec {spec!r} has not been resolved against its sweep (resolve_ranked_spec)")
+    return resolved[spec.strip()].explicit
+
+
 def parse_layer_spec(spec: str, num_layers: int) -> tuple[list[int], dict[int, list[str]] | None, str | None]:
     """Parse a spec into (block indices, sub-module filters per index or None, regex or None).
 
@@ -152,6 +259,10 @@ def parse_layer_spec(spec: str, num_layers: int) -> tuple[list[int], dict[int, l
         return list(range(num_layers)), None, None
     if low == "middle":
         return [num_layers // 2], None, None
+    if is_ranked_spec(spec):
+        _parse_ranked(spec)
+        raise UserError(f"layer spec {spec!r} needs a sweep's ranking: resolve it first with "
+                        "resolve_ranked_spec(spec, domain) (the trainer does this)")
     if low.startswith("mid:"):
         try:
             k = int(low[4:])
@@ -171,6 +282,9 @@ def parse_layer_spec(spec: str, num_layers: int) -> tuple[list[int], dict[int, l
         sub = None
         if "." in part:
             part, sub = part.split(".", 1)
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", sub):
+                raise UserError(f"bad layer spec {spec!r}: {sub!r} after {part!r}. is not a sub-module name; "
+                                "use e.g. 15.mlp, 15.attn or 15.self_attn.q_proj")
         m = re.fullmatch(r"(\d+)-(\d+)", part)
         if m:
             a, b = (_resolve_index(x, num_layers, spec) for x in m.groups())

@@ -34,20 +34,36 @@ from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.agents.trajectory import Trajectory
+from onelayer.agents.weight_sync import trained_tensors
 from onelayer.envs import env_domain
 from onelayer.errors import TrainingError, UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
 from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, gigpo_advantages, step_group_stats
 from onelayer.training.config import TrainConfig
+from onelayer.training.insert import insert_block
 from onelayer.training.layers import (
     LayerSelection,
+    RankedLayers,
     apply_selection,
+    explicit_spec,
     find_decoder_blocks,
+    is_ranked_spec,
+    resolve_ranked_spec,
     select_parameters,
 )
+from onelayer.training.logprob_check import LogprobMismatch, logprob_mismatch, place_response_values
 from onelayer.training.logprobs import LowerStack, response_logprobs
+from onelayer.training.lora import attach_lora, lora_selection, plan_lora
 from onelayer.training.losses import agg_norm, aggregate, kl_k3, ppo_clip_token_loss
+from onelayer.training.memory import checkpoint_blocks, keep_fp32_master
+from onelayer.training.optim import (
+    build_param_groups,
+    describe_groups,
+    make_optimizer,
+    parse_layer_lr,
+    single_layer_scale,
+)
 
 # Options that may differ when resuming (everything else must match the stored run).
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "save_total_limit", "report_to", "eval_size", "device"}
@@ -76,6 +92,7 @@ class _Row:
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float
+    engine_logprobs: list[float] | None = None  # the engine's sampling log-probs of response_ids
 
 
 def _load_reward_funcs(specs: list[str]):
@@ -95,12 +112,14 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, model=None, tokenizer=None):
         config.validate()
         self._row_hidden: dict[int, torch.Tensor] = {}
+        self._lp_pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (trainer, engine) log-probs
         self.config = config
         self.run_dir = Path(config.out or config.default_out())
         if model is None:
             resolve_model(config.model)  # a missing model file fails before anything is written
         self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
+        self.ranked = self._resolve_ranked_specs(resume)  # a missing sweep fails before anything is written
         self._prepare_run_dir(resume)
         torch.manual_seed(config.seed)
         if model is None:
@@ -109,19 +128,29 @@ class Trainer:
         else:
             self.model_source = f"{type(model).__name__} (passed in)"
         self.model, self.tokenizer = model, tokenizer
+        if config.insert_layer and getattr(model, "_onelayer_inserted", None) != (config.insert_layer, config.insert_at):
+            insert_block(model, config.insert_layer, config.insert_at)
         self.model.eval()
-        self.selection = select_parameters(model, config.layers, config.also_train)
+        self.selection = self._select_layers(model)
         self.params = apply_selection(model, self.selection)
+        if config.fp32_master_weights:
+            keep_fp32_master(model, self.params)  # a bf16 model trains fp32 tensors with fp32 AdamW state
         self.param_names = list(self.selection.param_names)
         self.domain = env_domain(config.env)
         self.metric = METRIC_OF_DOMAIN.get(self.domain, "success_rate")
-        self.optimizer = (torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-                          if self.params else None)
+        self.lr_scale = single_layer_scale(self.selection, config.single_layer_lr_scale) if self.lora is None else 1.0
+        self.param_groups = build_param_groups(model, self.selection, config.lr * self.lr_scale,
+                                               parse_layer_lr(config.layer_lr),
+                                               {s: explicit_spec(s, self.ranked) for s in self.ranked})
+        self.optimizer = make_optimizer(model, self.param_groups, config.weight_decay)
         self._check_optimizer()
         # Reference weights: the initial values of the trained tensors only (the rest never change).
         self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
         self.lower = self._lower_stack()
-        self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size)
+        if config.gradient_checkpointing and self.selection.lowest_layer is not None:
+            checkpoint_blocks(find_decoder_blocks(model)[1], self.selection.lowest_layer)
+        self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size,
+                                  **config.engine_options())
         self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt,
                                                 config.history_length)
         self.parse_actions = self.domain == "agentic"
@@ -141,6 +170,9 @@ class Trainer:
         rd = self.run_dir
         if resume:
             if not (rd / ckpt.CONFIG_FILE).is_file():
+                if ckpt.checkpoint_dirs(rd) or (rd / ckpt.METRICS_FILE).exists():
+                    raise UserError(f"cannot resume {rd}: {rd / ckpt.CONFIG_FILE} (the run's options) is missing; restore "
+                                    "it from a copy, or start a new run with another --out")
                 raise UserError(f"cannot resume: {rd} has no {ckpt.CONFIG_FILE}; start the run without --resume")
             stored = TrainConfig.from_dict(ckpt.read_run_config(rd)["config"], where=str(rd / ckpt.CONFIG_FILE))
             diffs = [k for k in TrainConfig.field_names()
@@ -153,6 +185,50 @@ class Trainer:
         elif (rd / ckpt.METRICS_FILE).exists() or (rd / ckpt.CONFIG_FILE).exists():
             raise UserError(f"run directory {rd} already holds a run: pass --resume to continue it, or choose another --out")
         rd.mkdir(parents=True, exist_ok=True)
+
+    def _resolve_ranked_specs(self, resume: bool) -> dict[str, RankedLayers]:
+        """Resolve every top:K@DIR / bottom:K@DIR spec of the config against its sweep, once.
+
+        A resumed run reuses the lists stored in its config.json and never reads the sweep again.
+        """
+        c = self.config
+        specs = [s for s in (c.layers, c.lora_matched_to, *(r.spec for r in parse_layer_lr(c.layer_lr)))
+                 if s is not None and is_ranked_spec(s)]
+        if not specs:
+            return {}
+        stored_path = self.run_dir / ckpt.CONFIG_FILE
+        stored = (ckpt.read_run_config(self.run_dir).get("ranked_layers", {})
+                  if resume and stored_path.is_file() else {})
+        domain = c.rank_domain or env_domain(c.env)
+        out = {}
+        for spec in dict.fromkeys(s.strip() for s in specs):
+            if spec in stored:
+                out[spec] = RankedLayers.from_dict(stored[spec])
+                print(f"{out[spec].describe()} (stored in {stored_path})", file=sys.stderr)
+            else:
+                out[spec] = resolve_ranked_spec(spec, domain)
+                print(out[spec].describe(), file=sys.stderr)
+        return out
+
+    def _select_layers(self, model) -> LayerSelection:
+        """The trained tensors: the --layers selection, or LoRA adapters on its blocks (attached here)."""
+        c = self.config
+        layers = explicit_spec(c.layers, self.ranked)
+        self.lora = None
+        if c.lora_rank is None and c.lora_matched_to is None:
+            selection = select_parameters(model, layers, c.also_train)
+        else:
+            matched = explicit_spec(c.lora_matched_to, self.ranked) if c.lora_matched_to else None
+            self.lora = plan_lora(model, layers, c.lora_rank, matched, c.lora_alpha, c.lora_dropout)
+            attach_lora(model, self.lora)
+            selection = lora_selection(model, self.lora)
+        for ranked in self.ranked.values():
+            if max(ranked.layers) >= selection.num_layers:
+                raise UserError(f"{ranked.spec} names layer {max(ranked.layers)} but the model has {selection.num_layers} "
+                                "layers: was the sweep run on another model?")
+        if is_ranked_spec(c.layers) and self.lora is None:
+            selection.spec = c.layers.strip()
+        return selection
 
     def _check_optimizer(self) -> None:
         """The optimizer's parameter set must be exactly the selection (a silent no-train guard)."""
@@ -178,7 +254,7 @@ class Trainer:
         kwargs = dict(c.env_kwargs)
         try:
             envs = [gym.make(c.env, **kwargs) for _ in range(c.num_tasks * c.num_generations)]
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
         return envs
 
@@ -195,29 +271,55 @@ class Trainer:
             "config": self.config.to_dict(), "selection": self.selection.to_dict(),
             "model_source": self.model_source, "loss_agg": self.config.resolved_loss_agg(),
             "metric": self.metric, "domain": self.domain, "onelayer_version": _version(),
+            "ranked_layers": {s: r.to_dict() for s, r in self.ranked.items()},
+            "param_groups": [g.to_dict() for g in self.param_groups],
+            "single_layer_lr_scale": self.lr_scale,
+            "lora": self.lora.to_dict() if self.lora else None,
             "torch_version": torch.__version__,
         })
 
     def _resume(self) -> None:
-        done = ckpt.complete_checkpoints(self.run_dir)
-        if not done:
+        ckpt.remove_leftovers(self.run_dir)  # temp files of writes a kill interrupted
+        last, skipped = None, []
+        for d in reversed(ckpt.checkpoint_dirs(self.run_dir)):  # newest first; a damaged one falls back to the one before
+            problem = ckpt.checkpoint_problem(d)
+            if problem is None:
+                try:
+                    state = ckpt.load_state(d)
+                    ckpt.load_trained(self.model, d / ckpt.TRAINED_FILE)
+                    if self.optimizer is not None:
+                        self.optimizer.load_state_dict(torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
+                    last = d
+                    break
+                except Exception as e:  # any unreadable file means: try the checkpoint before it
+                    problem = f"cannot be loaded ({' '.join(str(e).split())[:200]})"
+            skipped.append(f"{d} {problem}")
+            print(f"resume: skipping checkpoint {d}: it {problem}", file=sys.stderr)
+        if last is None and any("incomplete" not in s for s in skipped):
+            raise UserError(f"cannot resume {self.run_dir}: no usable checkpoint ({'; '.join(skipped)}); move "
+                            f"{self.run_dir / 'checkpoints'} away to restart from step 0, or start a new run with another --out")
+        if last is None:
             print(f"resume: {self.run_dir} has no complete checkpoint; starting from step 0", file=sys.stderr)
             atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "")
             self._write_config()
             return
-        last = done[-1]
-        state = ckpt.load_state(last)
-        ckpt.load_trained(self.model, last / ckpt.TRAINED_FILE)
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        self._sync_engine()
         self.start_step = int(state["step"])
         # Drop metrics of steps after the checkpoint: they will be redone identically.
-        kept = [m for m in read_jsonl(self.run_dir / ckpt.METRICS_FILE) if m.get("step", 0) <= self.start_step]
+        metrics = self.run_dir / ckpt.METRICS_FILE
+        try:
+            kept = [m for m in read_jsonl(metrics) if isinstance(m, dict) and m.get("step", 0) <= self.start_step]
+        except ValueError as e:  # a damaged line other than a torn last one
+            raise UserError(f"cannot resume {self.run_dir}: {' '.join(str(e).split())[:200]}; delete or fix that "
+                            "line, then --resume again") from None
+        if len({m["step"] for m in kept if isinstance(m.get("step"), int) and m["step"] > 0}) < self.start_step:
+            print(f"resume: {metrics} lacks lines for some of steps 1..{self.start_step} (missing or cut short); "
+                  "training goes on, those steps keep no metrics", file=sys.stderr)
         atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
         stored = ckpt.read_run_config(self.run_dir)
         stored["config"].update({k: getattr(self.config, k) for k in RESUMABLE_CHANGES})
         atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, stored)
-        print(f"resumed {self.run_dir} at step {self.start_step}", file=sys.stderr)
+        print(f"resumed {self.run_dir} at step {self.start_step} (from {last})", file=sys.stderr)
 
     # --------------------------------------------------------------- sampling
     def _episodes(self, step: int) -> list[EpisodeSpec]:
@@ -323,7 +425,7 @@ class Trainer:
         response tokens get that step's advantage.
         """
         c = self.config
-        rows = [_Row(s.prompt_ids, s.response_ids, float(a)) for t, a_t in zip(trajs, adv)
+        rows = [_Row(s.prompt_ids, s.response_ids, float(a), s.logprobs) for t, a_t in zip(trajs, adv)
                 for s, a in zip(t.steps, a_t) if s.response_ids]
         stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
                  "optimizer_steps": 0}
@@ -333,8 +435,9 @@ class Trainer:
         # Reference / old-policy log-probs on the whole batch, before any update (no grad);
         # the frozen lower blocks run here once and their output is kept per row for every later pass.
         old_lp, ref_lp = [None] * len(rows), [None] * len(rows)
-        self._row_hidden = {}
-        if c.num_iterations > 1 or self.ref_values is not None:
+        self._row_hidden, self._lp_pairs = {}, {}
+        need_old = c.num_iterations > 1 or c.use_engine_logprobs  # old log-probs computed up front
+        if need_old or self.ref_values is not None:
             with torch.no_grad():
                 for s in range(0, len(rows), mb):
                     idx = list(range(s, min(len(rows), s + mb)))
@@ -343,13 +446,16 @@ class Trainer:
                         h = self.lower.capture(ids, attn)
                         for j, i in enumerate(idx):
                             self._row_hidden[i] = h[j, : int(attn[j].sum())]
-                    if c.num_iterations > 1:
+                    if need_old:
                         lp, _ = self._logprobs(ids, attn, resp, idx)
                         old_lp[s : s + mb] = list(lp)
+                        self._note_logprobs(rows, idx, lp)
                     if self.ref_values is not None:
                         with self._reference_weights():
                             lp, _ = self._logprobs(ids, attn, resp, idx)
                         ref_lp[s : s + mb] = list(lp)
+        if c.use_engine_logprobs:
+            old_lp = self._engine_old_logprobs(rows, old_lp, stats)
         signal_rows = any(r.advantage != 0.0 for r in rows)
         if not signal_rows or self.optimizer is None:
             return self._measure_only(rows, ref_lp, stats)
@@ -374,7 +480,9 @@ class Trainer:
                         continue  # contributes zero gradient; its tokens still count in `norm`
                     ids, attn, resp, a = self._batch_tensors(chunk)
                     lp, ent = self._logprobs(ids, attn, resp, idx)
-                    old = _stack([old_lp[i] for i in idx], lp.shape[1]) if c.num_iterations > 1 else lp.detach()
+                    if stats["optimizer_steps"] == 0:
+                        self._note_logprobs(rows, idx, lp)  # still the sampling policy: compare with the engine
+                    old = _stack([old_lp[i] for i in idx], lp.shape[1]) if need_old else lp.detach()
                     tok_loss, clipped = ppo_clip_token_loss(lp, old, a, c.epsilon, c.epsilon_high)
                     if self.ref_values is not None:
                         ref = _stack([ref_lp[i] for i in idx], lp.shape[1])
@@ -407,7 +515,41 @@ class Trainer:
         stats.update(loss=loss_sum / max(c.num_iterations, 1), grad_norm=float(np.mean(grad_norms)),
                      update_norm=update_sq ** 0.5, clip_fraction=clip_count / max(token_count, 1),
                      entropy=ent_sum / max(token_count, 1), kl=kl_sum / max(token_count, 1))
+        stats.update(self._logprob_mismatch().to_metrics())
         return stats
+
+    def _note_logprobs(self, rows: list[_Row], idx: list[int], lp: torch.Tensor) -> None:
+        """Keep the trainer's log-probs of rows ``idx`` (sampling policy) beside the engine's, once per row."""
+        for j, i in enumerate(idx):
+            r = rows[i]
+            if i in self._lp_pairs or not r.engine_logprobs or len(r.engine_logprobs) != len(r.response_ids):
+                continue
+            p, n = len(r.prompt_ids), len(r.response_ids)
+            self._lp_pairs[i] = (lp[j, p : p + n].detach().float(),
+                                 torch.tensor(r.engine_logprobs, dtype=torch.float32, device=lp.device))
+
+    def _logprob_mismatch(self) -> LogprobMismatch:
+        """Engine vs trainer log-probs over every response token noted in this update."""
+        tol = self.config.logprob_tolerance
+        if not self._lp_pairs:
+            return logprob_mismatch(torch.zeros(0), torch.zeros(0), torch.zeros(0), tol)
+        trainer, engine = (torch.cat(x) for x in zip(*self._lp_pairs.values()))
+        return logprob_mismatch(trainer, engine, torch.ones_like(trainer), tol)
+
+    def _engine_old_logprobs(self, rows: list[_Row], old_lp: list, stats: dict) -> list:
+        """The engine's log-probs as PPO's old ones when they match the trainer's within tolerance, else the trainer's."""
+        m = self._logprob_mismatch()
+        usable = m.tokens > 0 and m.mean <= m.tolerance and len(self._lp_pairs) == len(rows)
+        stats["engine_logprobs_used"] = float(usable)
+        if not usable:
+            if not getattr(self, "_warned_logprobs", False):
+                print(f"use_engine_logprobs: the engine's log-probs differ from the trainer's by {m.mean:.4f} per token "
+                      f"(max {m.max:.4f}, tolerance {m.tolerance}): using the trainer's (metric engine_logprobs_used)",
+                      file=sys.stderr)
+                self._warned_logprobs = True
+            return old_lp
+        return [place_response_values([len(r.prompt_ids)], [r.engine_logprobs], o.shape[0], o.device)[0]
+                for r, o in zip(rows, old_lp)]
 
     def _measure_only(self, rows, ref_lp, stats) -> dict:
         """No learning signal: skip the optimizer step, still report entropy and KL."""
@@ -417,12 +559,14 @@ class Trainer:
                 chunk = rows[s : s + self.config.micro_batch_size]
                 ids, attn, resp, _ = self._batch_tensors(chunk)
                 lp, ent = self._logprobs(ids, attn, resp, list(range(s, s + len(chunk))))
+                self._note_logprobs(rows, list(range(s, s + len(chunk))), lp)
                 tokens += float(resp.sum())
                 ent_sum += float((ent * resp).sum())
                 if self.ref_values is not None:
                     ref = _stack(ref_lp[s : s + len(chunk)], lp.shape[1])
                     kl_sum += float((kl_k3(lp, ref) * resp).sum())
         stats.update(entropy=ent_sum / max(tokens, 1), kl=kl_sum / max(tokens, 1))
+        stats.update(self._logprob_mismatch().to_metrics())
         return stats
 
     # ------------------------------------------------------------- evaluation
@@ -448,6 +592,11 @@ class Trainer:
         """Run from ``start_step`` to ``config.steps``; checkpoint, evaluate and log along the way."""
         c = self.config
         print(self.selection.describe(), file=sys.stderr)
+        if len(self.param_groups) > 1 or self.lr_scale != 1.0:
+            print(describe_groups(self.param_groups), file=sys.stderr)
+        elif self.config.single_layer_lr_scale != 1.0:
+            print(f"single_layer_lr_scale {self.config.single_layer_lr_scale:g} does not apply: the selection is not "
+                  "one block", file=sys.stderr)
         final_eval = None
         interrupted = {"flag": False}
 
@@ -462,13 +611,13 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, on_sigint)
         bar = _progress(c.steps, self.start_step, progress)
         try:
-            if c.eval_at_start and self.start_step == 0:
+            if c.eval_at_start and c.eval_size and self.start_step == 0:
                 m = self._run_eval(0)
                 append_jsonl(self.run_dir / ckpt.METRICS_FILE, {"step": 0, **m})
             for step in range(self.start_step + 1, c.steps + 1):
                 record = self.train_step(step)
                 last = step == c.steps
-                if (c.eval_every and step % c.eval_every == 0) or last:
+                if c.eval_size and ((c.eval_every and step % c.eval_every == 0) or last):
                     ev = self._run_eval(step)
                     record.update(ev)
                     final_eval = ev
@@ -491,8 +640,14 @@ class Trainer:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         return RunResult(self.run_dir, c.steps, self.selection,
-                         json.loads((self.run_dir / "eval.json").read_text()) if (self.run_dir / "eval.json").exists() else final_eval,
+                         _read_eval(self.run_dir / "eval.json", final_eval),
                          read_jsonl(self.run_dir / ckpt.METRICS_FILE))
+
+    def _sync_engine(self) -> dict:
+        """Send the trained tensors, and nothing else, to the rollout engine (the HF engine shares the model: no-op)."""
+        t = time.perf_counter()
+        sent = self.engine.sync_weights(trained_tensors(self.model, self.param_names))
+        return {"sync/bytes": getattr(sent, "bytes", 0), "time/sync_s": time.perf_counter() - t}
 
     def _save(self, step: int) -> None:
         state = {"selection": self.selection.to_dict()}
@@ -508,15 +663,23 @@ class Trainer:
         """One RL step: sample, score, update. Returns the step's flat metrics."""
         c = self.config
         for g in (self.optimizer.param_groups if self.optimizer else []):
-            g["lr"] = c.lr * min(1.0, step / c.warmup_steps) if c.warmup_steps else c.lr
+            g["lr"] = g["base_lr"] * min(1.0, step / c.warmup_steps) if c.warmup_steps else g["base_lr"]
         t0 = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         trajs = self.sample(step)
         t1 = time.time()
+        if hasattr(self.engine, "release"):
+            self.engine.release()  # a colocated vLLM frees its KV cache and weights for the update
         failed = [t for t in trajs if t.error is not None]
         trajs = [t for t in trajs if t.error is None]  # a crashed env's episode is left out, the batch goes on
         adv, group_stats = self.advantages(trajs)
         returns = [t.episode_return for t in trajs]
         stats = self.update(trajs, adv)
+        if stats.get("optimizer_steps"):
+            stats.update(self._sync_engine())
+        if torch.cuda.is_available():
+            stats["memory/peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         flat_adv = np.concatenate(adv) if adv else np.zeros(0)
         no_signal = sum(1 for g in {t.group for t in trajs}
                         if all(np.all(a == 0) for t, a in zip(trajs, adv) if t.group == g))
@@ -536,11 +699,25 @@ class Trainer:
             "episode_length": float(np.mean([t.length for t in trajs])) if trajs else 0.0,
             "env_errors": len(failed),
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer else 0.0,
+            **({f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
+               if self.optimizer and len(self.optimizer.param_groups) > 1 else {}),
+            "single_layer_lr_scale": self.lr_scale,
             **stats,
             **group_stats,
             "time/sampling_s": t1 - t0,
             "time/training_s": t2 - t1,
         }
+
+
+def _read_eval(path: Path, fallback: dict | None) -> dict | None:
+    """The run's eval.json, or ``fallback`` when it is absent or damaged (it is rewritten by the next evaluation)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return fallback
+    except (ValueError, UnicodeDecodeError):
+        print(f"warning: {path} is damaged (not valid JSON); the next evaluation rewrites it", file=sys.stderr)
+        return fallback
 
 
 def _stack(rows: list[torch.Tensor], width: int) -> torch.Tensor:

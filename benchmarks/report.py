@@ -1,0 +1,383 @@
+"""``onelayer report SWEEP_DIR``: layer contribution tables, correlations and plots of a sweep.
+
+Writes under ``SWEEP_DIR/report/``: ``report.md`` (tables, findings, the
+settings, software and machine), ``summary.txt`` (the main table, printed by
+the CLI), ``numbers.json`` and ``contributions.csv`` (every number),
+``contribution_vs_depth.png``, ``heatmap.png`` and ``learning_curves.png``.
+Every contribution is ``C_l = (S_l - S_base) / (S_full - S_base)`` of the
+seed means with a paired bootstrap CI over seeds (contribution.py); a
+full-parameter gain too small to divide by is flagged, never printed as a ratio.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onelayer.benchmarks.contribution import (
+    ContributionEstimate,
+    contribution_over_seeds,
+    kendall_tau,
+    pearson,
+    spearman,
+)
+from onelayer.benchmarks.sweep_results import JobResult, layer_contributions, load_results
+from onelayer.errors import UserError
+from onelayer.io import atomic_write_json, atomic_write_text, read_jsonl
+
+N_BOOT = 10000
+
+
+@dataclass
+class Row:
+    """One target (a layer, sub-layer or inserted block) in one (domain, algo, suite) table."""
+
+    domain: str
+    algo: str
+    suite: str
+    target: str
+    layer: int | None
+    n_seeds: int
+    score_mean: float
+    score_sd: float
+    contribution: float | None
+    ci_low: float | None
+    ci_high: float | None
+    note: str
+    weight_change: float | None
+
+
+def _target_key(t: str) -> tuple:
+    head, _, sub = t.partition(".")
+    if head.startswith("insert@"):
+        return (int(head.split("@")[1]) - 0.5, 1, sub)
+    return (int(head), 0, sub) if head.lstrip("-").isdigit() else (1e9, 0, t)
+
+
+def _estimate(scores: dict[str, dict[int, float]], target: str) -> tuple[ContributionEstimate | None, list[int], str]:
+    if "base" not in scores or "full" not in scores:
+        return None, [], "no base or full-parameter result"
+    seeds = sorted(set(scores[target]) & set(scores["base"]) & set(scores["full"]))
+    if not seeds:
+        return None, [], "no seed with base, full and this target"
+    est = contribution_over_seeds([scores[target][s] for s in seeds], [scores["base"][s] for s in seeds],
+                                  [scores["full"][s] for s in seeds], n_boot=N_BOOT)
+    return est, seeds, est.reason
+
+
+def _mean_change(results: list[JobResult], domain: str, algo: str) -> dict[int, float]:
+    per: dict[int, list[float]] = {}
+    for r in results:
+        if r.domain == domain and r.algo == algo and r.method == "full":
+            for k, v in r.weight_change.items():
+                per.setdefault(int(k), []).append(v)
+    return {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def _all_scores(results: list[JobResult], domain: str) -> list[JobResult]:
+    """Jobs with a ``C_all`` score: the mean over the suites every job of the domain was scored on."""
+    rows = [r for r in results if r.domain == domain]
+    common = set.intersection(*(set(r.scores) for r in rows)) if rows else set()
+    if len(common) < 2:
+        return []
+    out = []
+    for r in rows:
+        d = asdict(r)
+        d["scores"] = {**r.scores, "all": float(np.mean([r.scores[s] for s in sorted(common)]))}
+        out.append(JobResult.from_dict(d))
+    return out
+
+
+def build_rows(results: list[JobResult]) -> list[Row]:
+    """Every (domain, algo, suite, target) contribution row; suite ``all`` is C_all."""
+    rows: list[Row] = []
+    domains = list(dict.fromkeys(r.domain for r in results))
+    for domain in domains:
+        algos = sorted({r.algo for r in results if r.domain == domain and r.method != "base"})
+        dom_results = [r for r in results if r.domain == domain]
+        suites = list(dict.fromkeys(s for r in dom_results for s in r.scores))
+        with_all = _all_scores(results, domain)
+        for algo in algos:
+            change = _mean_change(results, domain, algo)
+            for suite in [None, *suites, *(["all"] if with_all else [])]:
+                source = with_all if suite == "all" else results
+                scores = layer_contributions(source, domain, suite=suite, algo=algo)
+                targets = sorted((t for t in scores if t not in ("base", "full")), key=_target_key)
+                for t in ["base", "full", *targets]:
+                    if t not in scores:
+                        continue
+                    vals = list(scores[t].values())
+                    est, seeds, note = _estimate(scores, t) if t not in ("base", "full") else (None, [], "")
+                    layer = int(t) if t.isdigit() else None
+                    rows.append(Row(
+                        domain, algo, suite or "in-domain", t, layer, len(vals), float(np.mean(vals)),
+                        float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                        est.mean if est and est.defined else None,
+                        est.ci_low if est else None, est.ci_high if est else None,
+                        note if (est is None or not est.defined or est.ci_low is None) else "",
+                        change.get(layer) if layer is not None else None))
+    return rows
+
+
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _c_text(r: Row) -> str:
+    if r.target in ("base", "full"):
+        return ""
+    if r.contribution is None:
+        return "undefined (full gain too small)" if "too small" in r.note else f"- ({r.note})"
+    ci = f" [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.ci_low is not None else ""
+    return f"{_fmt(r.contribution)}{ci}"
+
+
+def _main_table(rows: list[Row], domain: str, algo: str) -> str:
+    sel = [r for r in rows if r.domain == domain and r.algo == algo and r.suite == "in-domain"]
+    lines = ["| target | seeds | score (mean ± sd) | C_l [95% CI] | full-RL weight change |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in sel:
+        lines.append(f"| {r.target} | {r.n_seeds} | {r.score_mean:.4f} ± {r.score_sd:.4f} | {_c_text(r)} | "
+                     f"{_fmt(r.weight_change, 4)} |")
+    return "\n".join(lines)
+
+
+def _depth_groups(rows: list[Row], domain: str, algo: str, num_layers: int, results: list[JobResult]) -> dict:
+    """Do middle layers contribute more than the first and last ones? Per-seed comparison of group means."""
+    scores = layer_contributions(results, domain, algo=algo)
+    layers = sorted(int(t) for t in scores if t.isdigit())
+    if not layers or "base" not in scores or "full" not in scores:
+        return {}
+    third = num_layers / 3
+    groups = {"first": [x for x in layers if x < third], "middle": [x for x in layers if third <= x < 2 * third],
+              "last": [x for x in layers if x >= 2 * third]}
+    means = {}
+    for g, ls in groups.items():
+        cs = [r.contribution for r in rows if r.domain == domain and r.algo == algo and r.suite == "in-domain"
+              and r.layer in ls and r.contribution is not None]
+        means[g] = float(np.mean(cs)) if cs else None
+    seeds = sorted(set(scores["base"]) & set(scores["full"]))
+    per_seed = []
+    for s in seeds:
+        gain = scores["full"][s] - scores["base"][s]
+        if abs(gain) < 0.01:
+            continue
+        c = {g: [(scores[str(x)][s] - scores["base"][s]) / gain for x in ls if s in scores.get(str(x), {})]
+             for g, ls in groups.items()}
+        if c["middle"] and (c["first"] or c["last"]):
+            ends = c["first"] + c["last"]
+            per_seed.append(float(np.mean(c["middle"]) - np.mean(ends)))
+    return {"groups": {g: ls for g, ls in groups.items()}, "mean_contribution": means,
+            "middle_minus_ends_per_seed": per_seed,
+            "middle_higher_in": sum(d > 0 for d in per_seed), "seeds_compared": len(per_seed)}
+
+
+def _correlations(rows: list[Row]) -> dict:
+    """Rank correlation of in-domain layer contributions between every pair of (domain, algo) series."""
+    series: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r.suite == "in-domain" and r.layer is not None and r.contribution is not None:
+            series.setdefault(f"{r.domain}/{r.algo}", {})[r.layer] = r.contribution
+    out = {}
+    names = sorted(series)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(series[a]) & set(series[b]))
+            if len(common) >= 3:
+                x, y = [series[a][k] for k in common], [series[b][k] for k in common]
+                out[f"{a} vs {b}"] = {"layers": common, "spearman": spearman(x, y), "kendall": kendall_tau(x, y)}
+    return out
+
+
+def _change_correlation(rows: list[Row]) -> dict:
+    out = {}
+    keys = {(r.domain, r.algo) for r in rows}
+    for d, a in sorted(keys):
+        pts = [(r.weight_change, r.contribution) for r in rows if r.domain == d and r.algo == a
+               and r.suite == "in-domain" and r.weight_change is not None and r.contribution is not None]
+        if len(pts) >= 3:
+            x, y = zip(*pts)
+            out[f"{d}/{a}"] = {"n": len(pts), "pearson": pearson(x, y), "spearman": spearman(x, y)}
+    return out
+
+
+def _learning_curves(results: list[JobResult]) -> dict[str, dict[str, list[float]]]:
+    """Mean training reward per step over seeds: ``{domain/algo: {target: [reward per step]}}``."""
+    acc: dict[str, dict[str, list[list[float]]]] = {}
+    for r in results:
+        if r.method == "base" or not r.run_dir:
+            continue
+        p = Path(r.run_dir) / "metrics.jsonl"
+        if not p.is_file():
+            continue
+        rewards = [m["reward"] for m in read_jsonl(p) if "reward" in m]
+        acc.setdefault(f"{r.domain}/{r.algo}", {}).setdefault(r.target, []).append(rewards)
+    out = {}
+    for key, by_target in acc.items():
+        out[key] = {}
+        for t, runs in by_target.items():
+            n = min(len(x) for x in runs)
+            out[key][t] = [float(np.mean([x[i] for x in runs])) for i in range(n)]
+    return out
+
+
+def _plots(rows: list[Row], curves: dict, out: Path, num_layers: int) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    keys = sorted({(r.domain, r.algo) for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for d, a in keys:
+        pts = sorted((r.layer, r.contribution, r.ci_low, r.ci_high) for r in rows
+                     if r.domain == d and r.algo == a and r.suite == "in-domain" and r.layer is not None
+                     and r.contribution is not None)
+        if not pts:
+            continue
+        x, y, lo, hi = zip(*pts)
+        err = np.array([[c - (low if low is not None else c) for c, low in zip(y, lo)],
+                        [(high if high is not None else c) - c for c, high in zip(y, hi)]])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{d} ({a})")
+    ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+    ax.axhline(0.0, color="gray", ls=":", lw=0.8)
+    ax.set_xlabel(f"layer (0..{num_layers - 1})")
+    ax.set_ylabel("layer contribution C_l")
+    ax.set_xlim(-0.5, num_layers - 0.5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax.set_title("Layer contribution vs depth (95% bootstrap CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "contribution_vs_depth.png", dpi=120)
+    plt.close(fig)
+    made.append("contribution_vs_depth.png")
+
+    layers = sorted({r.layer for r in rows if r.layer is not None and r.suite == "in-domain"})
+    if keys and layers:
+        grid = np.full((len(keys), len(layers)), np.nan)
+        for i, (d, a) in enumerate(keys):
+            for r in rows:
+                if r.domain == d and r.algo == a and r.suite == "in-domain" and r.layer in layers and r.contribution is not None:
+                    grid[i, layers.index(r.layer)] = r.contribution
+        fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(layers) + 2), 1 + 0.6 * len(keys)))
+        im = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(layers)), [str(x) for x in layers])
+        ax.set_yticks(range(len(keys)), [f"{d} ({a})" for d, a in keys])
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, label="C_l")
+        ax.set_title("Layer contribution: domain x layer (blank = undefined)")
+        fig.tight_layout()
+        fig.savefig(out / "heatmap.png", dpi=120)
+        plt.close(fig)
+        made.append("heatmap.png")
+
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+        for ax, (key, by_target) in zip(axes[0], sorted(curves.items())):
+            for t in sorted(by_target, key=lambda t: (t != "all", _target_key(t) if t != "all" else (0,))):
+                ax.plot(range(1, len(by_target[t]) + 1), by_target[t], label="full" if t == "all" else f"layer {t}")
+            ax.set_xlabel("RL step")
+            ax.set_ylabel("mean training reward (over seeds)")
+            ax.set_title(key)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "learning_curves.png", dpi=120)
+        plt.close(fig)
+        made.append("learning_curves.png")
+    return made
+
+
+def write_report(sweep_dir: str | Path) -> Path:
+    """Write ``SWEEP_DIR/report/`` and return the path of ``report.md``."""
+    sweep_dir = Path(sweep_dir)
+    spec_path = sweep_dir / "sweep.json"
+    if not spec_path.is_file():
+        raise UserError(f"{sweep_dir} is not a sweep directory (no sweep.json): run `onelayer sweep --out {sweep_dir}`")
+    meta = json.loads(spec_path.read_text())
+    results = load_results(sweep_dir)
+    if not results:
+        raise UserError(f"{sweep_dir} has no finished job yet")
+    num_layers = int(meta.get("num_layers") or 1)
+    rows = build_rows(results)
+    out = sweep_dir / "report"
+    out.mkdir(exist_ok=True)
+    keys = sorted({(r.domain, r.algo) for r in rows})
+    depth = {f"{d}/{a}": _depth_groups(rows, d, a, num_layers, results) for d, a in keys}
+    corr = _correlations(rows)
+    change_corr = _change_correlation(rows)
+    curves = _learning_curves(results)
+    plots = _plots(rows, curves, out, num_layers)
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([f.name for f in Row.__dataclass_fields__.values()])
+    for r in rows:
+        w.writerow(list(asdict(r).values()))
+    atomic_write_text(out / "contributions.csv", buf.getvalue())
+    atomic_write_json(out / "numbers.json", {
+        "rows": [asdict(r) for r in rows], "depth_groups": depth, "rank_correlations": corr,
+        "weight_change_vs_contribution": change_corr, "learning_curves": curves,
+        "jobs": [asdict(r) for r in results]})
+
+    spec = meta.get("spec", {})
+    summary = []
+    for d, a in keys:
+        summary.append(f"{d} ({a}), in-domain suite {meta.get('eval_suites', {}).get(d, ['?'])[0]}:")
+        summary.append(_main_table(rows, d, a))
+        g = depth.get(f"{d}/{a}") or {}
+        if g.get("seeds_compared"):
+            mc = g["mean_contribution"]
+            summary.append(f"middle vs first/last layers: mean C first {_fmt(mc['first'])}, middle {_fmt(mc['middle'])}, "
+                           f"last {_fmt(mc['last'])}; middle higher than the ends in {g['middle_higher_in']} of "
+                           f"{g['seeds_compared']} seeds")
+        summary.append("")
+    summary_text = "\n".join(summary)
+    atomic_write_text(out / "summary.txt", summary_text + "\n")
+
+    md = [f"# Layer sweep report: {sweep_dir.name}", "",
+          "Layer contribution `C_l = (S_l - S_base) / (S_full - S_base)` (ratio of seed means; 95% paired "
+          "bootstrap CI over seeds; undefined when the full-parameter gain is below 0.01).", "",
+          "## Settings", "",
+          f"- model: `{spec.get('model')}` ({num_layers} layers); algorithm(s): {', '.join(spec.get('algos', []))}",
+          f"- domains: {', '.join(spec.get('domains', []))}; seeds: {meta.get('all', {}).get('seeds')}",
+          f"- budget: {spec.get('steps')} RL steps per job; lr {spec.get('lr') or 'TrainConfig default'} for every job; "
+          f"single-layer lr scale {spec.get('single_layer_lr_scale')}",
+          f"- training options per domain: `{json.dumps(meta.get('train_options'))}`",
+          f"- evaluation suites per domain: `{json.dumps(meta.get('eval_suites'))}`"
+          + (f", {spec.get('eval_items')} items each" if spec.get("eval_items") else ""),
+          f"- preset: {spec.get('preset') or 'none'}",
+          f"- software: `{json.dumps(meta.get('versions'))}`",
+          f"- machine: {meta.get('machine', {}).get('cpu', '')} ({json.dumps(meta.get('machine'))})", "",
+          "## In-domain contribution", "", summary_text, ""]
+    transfer = [r for r in rows if r.suite not in ("in-domain",) and r.target not in ("base", "full")]
+    if transfer:
+        md += ["## Contribution per suite (transfer) and C_all", "",
+               "| domain | algo | target | " + " | ".join(sorted({r.suite for r in transfer})) + " |",
+               "| --- | --- | --- | " + " | ".join("---" for _ in sorted({r.suite for r in transfer})) + " |"]
+        for d, a in keys:
+            for t in sorted({r.target for r in transfer if r.domain == d and r.algo == a}, key=_target_key):
+                cells = []
+                for s in sorted({r.suite for r in transfer}):
+                    hit = [r for r in transfer if r.domain == d and r.algo == a and r.target == t and r.suite == s]
+                    cells.append(_c_text(hit[0]) if hit else "")
+                md.append(f"| {d} | {a} | {t} | " + " | ".join(cells) + " |")
+        md.append("")
+    md += ["## Weight change vs contribution", "",
+           "How far full-parameter RL moved each block (L2 norm of its change, mean over seeds) against that "
+           "block's contribution. The paper finds no relation.", ""]
+    md += [f"- {k}: Pearson {v['pearson']:.3f}, Spearman {v['spearman']:.3f} over {v['n']} layers"
+           for k, v in change_corr.items()] or ["- fewer than 3 layers with a defined contribution: not computed"]
+    md += ["", "## Rank correlation of layer contributions", ""]
+    md += [f"- {k}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}"
+           for k, v in corr.items()] or ["- needs two domains or algorithms sharing at least 3 layers with defined contributions"]
+    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    md += ["", "Every number: `numbers.json`, `contributions.csv`; every evaluated item: `jobs/*/suites.json`."]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    return out / "report.md"

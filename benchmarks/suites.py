@@ -1,0 +1,208 @@
+"""Named evaluation suites: an env, a fixed item list, a metric and sampling settings.
+
+Two runs of a suite on the same model give the same number (greedy) or the
+same distribution (sampled, seeded): items are always ``0..N-1`` of the env's
+evaluation split and sampling seeds are fixed by the suite.
+
+``pass@k`` suites draw ``num_samples`` samples per item and report the
+unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``,
+averaged over items.
+
+A suite whose data is not on this machine raises :class:`SuiteDataMissing`
+(a UserError) naming the data and how to get it; ``run_suites`` records that
+and runs the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import gymnasium as gym
+
+from onelayer.agents.engine import RolloutEngine
+from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
+from onelayer.agents.prompts import PromptBuilder
+from onelayer.envs import env_domain
+from onelayer.errors import UserError
+
+
+class SuiteDataMissing(UserError):
+    """The suite's data is not available here; the message says which data and how to get it."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One named evaluation suite."""
+
+    name: str
+    env: str
+    env_kwargs: dict = field(default_factory=dict)
+    num_items: int | None = None
+    """Items 0..N-1 of the eval split; None = every item."""
+    max_new_tokens: int = 20
+    temperature: float = 0.0
+    num_samples: int = 1
+    """Samples per item (pass@k needs num_samples >= k)."""
+    k: tuple[int, ...] = (1,)
+    """pass@k values reported (code suites); the first is the suite's primary metric."""
+    max_turns: int | None = None
+    seed: int = 0
+    description: str = ""
+
+    @property
+    def domain(self) -> str:
+        return env_domain(self.env)
+
+    @property
+    def metric(self) -> str:
+        """The primary metric's key in the result."""
+        if self.domain == "code":
+            return f"pass@{self.k[0]}"
+        return {"math": "accuracy", "agentic": "success_rate"}.get(self.domain, "success_rate")
+
+    def with_overrides(self, **kw) -> Suite:
+        """A copy with some settings changed (``None`` values are ignored)."""
+        data = asdict(self)
+        data.update({k: v for k, v in kw.items() if v is not None})
+        data["k"] = tuple(data["k"])
+        return Suite(**data)
+
+
+def _math(level: int) -> Suite:
+    return Suite(f"math-l{level}", "onelayer/Math-v0", {"level": level}, num_items=256, max_new_tokens=20,
+                 description=f"procedural arithmetic, level {level}, 256 held-out items, greedy")
+
+
+SUITES: dict[str, Suite] = {s.name: s for s in [
+    *(_math(level) for level in range(1, 6)),
+    Suite("gsm8k", "onelayer/Math-v0", {"source": "gsm8k"}, max_new_tokens=512,
+          description="GSM8K test split (1319 problems), greedy"),
+    Suite("math500", "onelayer/Math-v0", {"source": "math500"}, max_new_tokens=1024,
+          description="MATH-500, greedy"),
+    Suite("humaneval", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256,
+          description="HumanEval eval split (a third of the 164 problems by task-id hash), pass@1 greedy"),
+    Suite("humaneval-pass@k", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256, temperature=0.8,
+          num_samples=10, k=(1, 5, 10), description="HumanEval eval split, 10 samples at T=0.8, pass@1/5/10"),
+    Suite("humaneval+", "onelayer/Code-v0", {"dataset": "humaneval+"}, max_new_tokens=256,
+          description="HumanEval+ (EvalPlus) eval split, pass@1 greedy"),
+    Suite("mbpp+", "onelayer/Code-v0", {"dataset": "mbpp+"}, max_new_tokens=256,
+          description="MBPP+ (EvalPlus) eval split, pass@1 greedy"),
+    Suite("alfworld-gen", "onelayer/ALFWorld-v0", {"split": "eval", "generated": True}, max_new_tokens=48,
+          max_turns=15, description="onelayer's generated ALFWorld eval games (30), 15 turns, greedy"),
+    Suite("alfworld-gen-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "generated": True},
+          max_new_tokens=48, max_turns=15, description="generated out-of-distribution games (30, bigger rooms)"),
+    Suite("alfworld-eval-id", "onelayer/ALFWorld-v0", {"split": "eval", "real": True}, max_new_tokens=48,
+          max_turns=50, description="ALFWorld valid_seen (140 games), 50 turns, greedy"),
+    Suite("alfworld-eval-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "real": True}, max_new_tokens=48,
+          max_turns=50, description="ALFWorld valid_unseen (134 games), 50 turns, greedy"),
+]}
+
+# The suite each domain's sweep scores by default (cheap enough for CPU).
+DEFAULT_SUITE = {"math": "math-l1", "code": "humaneval", "agentic": "alfworld-gen"}
+
+
+def get_suite(name: str) -> Suite:
+    """A suite by name, or a UserError listing the names."""
+    if name not in SUITES:
+        raise UserError(f"unknown suite {name!r}: choose from {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def parse_suites(text: str) -> list[Suite]:
+    """``NAME[,NAME...]`` to suites (each name checked)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--suite needs at least one suite name: " + ", ".join(SUITES))
+    return [get_suite(n) for n in names]
+
+
+def env_kwargs_of(suite: Suite) -> dict:
+    """The env options for the suite's eval split (data-availability keys resolved)."""
+    kw = dict(suite.env_kwargs)
+    if suite.domain != "agentic":
+        return kw
+    from onelayer.envs.alfworld_data import ensure_default_games, real_data_path
+
+    split = kw.pop("split")
+    if kw.pop("real", False):
+        path = real_data_path(split)
+        if path is None:
+            raise SuiteDataMissing(
+                f"suite {suite.name} needs the real ALFWorld games (json_2.1.1/{'valid_seen' if split == 'eval' else 'valid_unseen'}): "
+                "pip install alfworld, run `alfworld-download`, and set $ALFWORLD_DATA if not ~/.cache/alfworld")
+        kw["data_path"] = str(path)
+    elif kw.pop("generated", False):
+        kw["data_path"] = str(ensure_default_games(split))
+    return kw
+
+
+def check_available(suite: Suite) -> None:
+    """Raise SuiteDataMissing (naming the data and how to get it) when the suite cannot run here."""
+    try:
+        make_eval_env(suite.env, env_kwargs_of(suite)).close()
+    except SuiteDataMissing:
+        raise
+    except (UserError, gym.error.Error) as e:
+        raise SuiteDataMissing(f"suite {suite.name}: {e}") from None
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one item with ``c`` of ``n`` samples correct (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per item, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template: str | None = None,
+              system_prompt: str | None = None, history_length: int = 2, batch_size: int = 64) -> dict:
+    """Evaluate one suite; the result has the primary metric as a top-level key plus every item's outcome."""
+    check_available(suite)
+    kw = env_kwargs_of(suite)
+    prompts = PromptBuilder.for_domain(tokenizer, suite.domain, prompt_template, system_prompt, history_length)
+    n_items = suite.num_items
+    if n_items is None:
+        env = make_eval_env(suite.env, kw)
+        n_items = getattr(env.unwrapped, "num_tasks", None)
+        env.close()
+        if n_items is None:
+            raise UserError(f"suite {suite.name}: env {suite.env} does not say how many eval items it has; set num_items")
+    t = time.time()
+    runs: list[EvalResult] = []
+    for j in range(suite.num_samples):
+        runs.append(evaluate_policy(
+            engine, prompts, suite.env, kw, num_items=n_items, max_new_tokens=suite.max_new_tokens,
+            temperature=suite.temperature, seed=suite.seed + 100_003 * j, batch_size=batch_size,
+            max_turns=suite.max_turns, metric=suite.metric, parse_actions=suite.domain == "agentic"))
+    first = runs[0]
+    result = first.to_dict()
+    if suite.num_samples > 1:
+        correct = [sum(r.items[i].success for r in runs) for i in range(n_items)]
+        for k in suite.k:
+            result[f"pass@{k}"] = sum(pass_at_k(suite.num_samples, c, k) for c in correct) / n_items
+        for i, item in enumerate(result["items"]):
+            item["samples_correct"] = correct[i]
+            item["samples"] = [{"success": bool(r.items[i].success), "response": r.items[i].response} for r in runs]
+    result.update({
+        "metric": suite.metric, "suite": suite.name, "env": suite.env, "env_kwargs": kw, "domain": suite.domain,
+        "settings": {"max_new_tokens": suite.max_new_tokens, "temperature": suite.temperature,
+                     "num_samples": suite.num_samples, "k": list(suite.k), "seed": suite.seed,
+                     "max_turns": suite.max_turns, "num_items": n_items,
+                     "item_list": f"eval split items 0..{n_items - 1}"},
+        "time_s": time.time() - t,
+    })
+    return result
+
+
+def run_suites(suites: list[Suite], engine: RolloutEngine, tokenizer, **kw) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run every suite whose data is here; returns (results by name, missing-data messages by name)."""
+    results, missing = {}, {}
+    for s in suites:
+        try:
+            results[s.name] = run_suite(s, engine, tokenizer, **kw)
+        except SuiteDataMissing as e:
+            missing[s.name] = str(e)
+    return results, missing

@@ -1,0 +1,579 @@
+"""Layer sweeps: for each domain, algorithm and seed, the base model, full-parameter RL
+and single-layer RL of every listed layer, with the same data, budget and evaluation.
+
+A sweep directory holds::
+
+    sweep.json            the spec (what the last invocation asked for) and its identity settings
+    results.jsonl         one JobResult per finished job (see sweep_results.py)
+    jobs/<job id>/        each training job's run directory (config, metrics, checkpoints, trained layer)
+                          plus suites.json (every evaluated suite, item by item)
+    report/               written by `onelayer report` (and at the end of a sweep)
+
+Rerunning a sweep on the same directory skips every finished job and resumes an
+interrupted one from its last checkpoint (resume is exact), so killing a sweep
+costs at most the steps since that job's last checkpoint. Adding layers, seeds,
+domains or algorithms later reuses what exists; changing the settings that make
+results comparable (model, steps, lr, data, evaluation) is refused.
+
+Learning rates follow the paper's rule: one lr (the full-parameter one) for
+every job; ``single_layer_lr_scale`` multiplies it for single-layer jobs and is
+recorded in every result.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from onelayer.benchmarks.suites import DEFAULT_SUITE, SUITES, get_suite, run_suites
+from onelayer.benchmarks.sweep_results import JobResult, append_result, load_results, results_path
+from onelayer.envs import check_env_id, env_domain
+from onelayer.errors import UserError
+from onelayer.io import atomic_write_json
+
+SPEC_FILE = "sweep.json"
+DOMAIN_TRAIN: dict[str, dict] = {
+    "math": {"env": "onelayer/Math-v0", "env_kwargs": {"level": 1}, "max_new_tokens": 20},
+    "code": {"env": "onelayer/Code-v0", "env_kwargs": {"dataset": "humaneval"}, "max_new_tokens": 192,
+             "num_tasks": 4, "num_generations": 4},
+    "agentic": {"env": "onelayer/ALFWorld-v0", "env_kwargs": {}, "max_new_tokens": 32, "max_turns": 15,
+                "num_tasks": 2, "num_generations": 4},
+}
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs. Every field has a default that works on the default model."""
+
+    model: str = "smollm2-135m"
+    domains: list = field(default_factory=lambda: ["math"])
+    """math, code, agentic, or registered env ids (trained on their train split)."""
+    algos: list = field(default_factory=lambda: ["gigpo"])
+    layers: str = "all"
+    """Single-layer targets: ``all`` (every block), or a list/range such as ``0,6,12,17,23,29``, ``0-29``, ``15.mlp``."""
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 10
+    lr: float | None = None
+    """The full-parameter lr, used for every job (default: TrainConfig's)."""
+    single_layer_lr_scale: float = 1.0
+    """Multiplier of ``lr`` for single-layer jobs (1.0 = the paper's rule); recorded in the results."""
+    baseline: bool = True
+    full: bool = True
+    suites: dict = field(default_factory=dict)
+    """Suites per domain (``{"math": ["math-l1"]}``); the first of a domain gives its in-domain score."""
+    extra_suites: list = field(default_factory=list)
+    """Suites evaluated on every job on top of the domains' own (transfer checks)."""
+    transfer: bool = True
+    """Evaluate every job on every swept domain's suites (contribution on the other domains, C_all)."""
+    eval_items: int | None = None
+    """Override every suite's item count (smaller = faster, noisier)."""
+    train: dict = field(default_factory=dict)
+    """TrainConfig options for every job (``{"num_tasks": 8}``); ``{"math": {...}}`` applies to one domain."""
+    insert_layer: str | None = None
+    insert_at: list = field(default_factory=list)
+    executor: str = "local"
+    cpus_per_job: int = 1
+    gpus_per_job: float = 0.0
+    preset: str | None = None
+
+    # Settings that must match for results to be comparable (resume / extension check).
+    IDENTITY = ("model", "steps", "lr", "single_layer_lr_scale", "suites", "extra_suites", "transfer", "eval_items",
+                "train", "insert_layer")
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in self.IDENTITY}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown sweep option(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    # ------------------------------------------------------------ resolution
+    def domain_suites(self, domain: str) -> list[str]:
+        d = domain_name(domain)
+        names = self.suites.get(domain) or self.suites.get(d) or ([DEFAULT_SUITE[d]] if d in DEFAULT_SUITE else [])
+        if not names:
+            raise UserError(f"no evaluation suite for domain {domain!r}: pass --suites for it")
+        return list(names)
+
+    def eval_suites(self, domain: str) -> list[str]:
+        """Suites evaluated on a job of ``domain``: its own first, then the other domains', then extras."""
+        names = list(self.domain_suites(domain))
+        if self.transfer:
+            for other in self.domains:
+                names += [n for n in self.domain_suites(other) if n not in names]
+        names += [n for n in self.extra_suites if n not in names]
+        return names
+
+    def train_options(self, domain: str) -> dict:
+        d = domain_name(domain)
+        base = dict(DOMAIN_TRAIN.get(d, {}))
+        if d not in DOMAIN_TRAIN:
+            base["env"] = domain
+        common = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
+        own = self.train.get(domain) or self.train.get(d) or {}
+        return {**base, **common, **own}
+
+    def targets(self, num_layers: int) -> list[str]:
+        """Single-layer targets as layer specs (``15``, ``15.mlp``)."""
+        if self.layers.strip() == "all":
+            return [str(i) for i in range(num_layers)]
+        out = []
+        for part in (p.strip() for p in self.layers.split(",")):
+            if not part:
+                continue
+            if "-" in part and "." not in part and not part.startswith("-"):
+                a, b = part.split("-", 1)
+                try:
+                    out += [str(i) for i in range(int(a), int(b) + 1)]
+                except ValueError:
+                    raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, or i.mlp / i.attn") from None
+                continue
+            head = part.split(".", 1)[0]
+            try:
+                idx = int(head)
+            except ValueError:
+                raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, or i.mlp / i.attn") from None
+            if not -num_layers <= idx < num_layers:
+                raise UserError(f"layer {idx} is out of range: the model has {num_layers} layers (0..{num_layers - 1})")
+            out.append(str(idx % num_layers) + (part[len(head):] if "." in part else ""))
+        return list(dict.fromkeys(out))
+
+
+def domain_name(domain: str) -> str:
+    """math / code / agentic for a domain name or an env id."""
+    if domain in DOMAIN_TRAIN:
+        return domain
+    check_env_id(domain)
+    return env_domain(domain)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of a sweep."""
+
+    domain: str
+    algo: str
+    seed: int
+    method: str  # base | full | layer
+    target: str  # none | all | a layer spec | insert@N
+    layer: int | None = None
+    options: tuple = ()
+    """Extra TrainConfig options as (name, value) pairs (comparison methods: layer_lr, lora_matched_to)."""
+
+    @property
+    def id(self) -> str:
+        if self.method == "base":
+            return f"{_safe(self.domain)}/base"
+        name = f"layer-{self.target.replace('@', '-')}" if self.method == "layer" else self.method
+        return f"{_safe(self.domain)}/{self.algo}/s{self.seed}/{name}"
+
+
+def _safe(text: str) -> str:
+    return text.replace("/", "_")
+
+
+def plan_jobs(spec: SweepSpec, num_layers: int) -> list[Job]:
+    """Every job of the spec: per domain the base model once, then per seed and algo full and each target."""
+    jobs: list[Job] = []
+    targets = spec.targets(num_layers)
+    for domain in spec.domains:
+        if spec.baseline:
+            jobs.append(Job(domain, "none", -1, "base", "none"))
+        for seed in spec.seeds:
+            for algo in spec.algos:
+                if spec.full:
+                    jobs.append(Job(domain, algo, seed, "full", "all"))
+                for t in targets:
+                    jobs.append(Job(domain, algo, seed, "layer", t, int(t.split(".")[0])))
+                for at in spec.insert_at:
+                    jobs.append(Job(domain, algo, seed, "layer", f"insert@{at}", int(at)))
+    return jobs
+
+
+def job_train_config(spec: SweepSpec, job: Job, run_dir: Path):
+    """The TrainConfig of one training job (same data, budget and lr rule for every job of a seed)."""
+    from onelayer.training.config import TrainConfig
+
+    opts = spec.train_options(job.domain)
+    lr = spec.lr if spec.lr is not None else TrainConfig.lr
+    opts.update(model=spec.model, algo=job.algo, seed=job.seed, steps=spec.steps, lr=lr, out=str(run_dir),
+                eval_size=0, save_every=opts.get("save_every", max(1, spec.steps // 4)), save_total_limit=1)
+    if job.method == "full":  # full-parameter RL: every weight, embeddings, final norm and LM head included
+        opts["also_train"] = ["embeddings", "final_norm", "lm_head"]
+    if job.method == "layer":  # the trainer applies it to single-block selections and records it
+        opts["single_layer_lr_scale"] = spec.single_layer_lr_scale
+    if job.target.startswith("insert@"):
+        opts.update(layers=str(job.layer), insert_layer=spec.insert_layer, insert_at=job.layer)
+    else:
+        opts["layers"] = job.target
+    opts.update(dict(job.options))
+    try:
+        cfg = TrainConfig.from_dict(opts, where="sweep train options")
+    except TypeError as e:
+        raise UserError(f"bad sweep train option: {e}") from None
+    cfg.validate()
+    return cfg
+
+
+# -------------------------------------------------------------------- models
+class ModelCache:
+    """The sweep's base model, loaded once; every job starts from a fresh copy of its weights."""
+
+    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto"):
+        from onelayer.agents.models import load_model
+
+        self.model, self.tokenizer, _ = load_model(model_id, device, dtype)
+        self.base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def fresh(self, insert: tuple[str, int] | None = None):
+        """The base model (weights restored, nothing trainable); a deep copy with a new block when ``insert``."""
+        with torch.no_grad():
+            self.model.load_state_dict(self.base_state)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.model.eval()
+        if insert is None:
+            return self.model
+        from onelayer.training.insert import insert_block
+
+        m = copy.deepcopy(self.model)
+        insert_block(m, *insert)
+        return m
+
+    def num_layers(self) -> int:
+        from onelayer.training.layers import find_decoder_blocks
+
+        return len(find_decoder_blocks(self.model)[1])
+
+    def block_change_norms(self, model) -> dict[str, float]:
+        """L2 norm of each block's weight change from the base model (over all its tensors)."""
+        from onelayer.training.layers import find_decoder_blocks
+
+        path, blocks = find_decoder_blocks(model)
+        out = {}
+        for i, block in enumerate(blocks):
+            sq = 0.0
+            for name, p in block.named_parameters():
+                base = self.base_state.get(f"{path}.{i}.{name}")
+                if base is None or base.shape != p.shape:
+                    continue
+                sq += float((p.detach().float() - base.float()).pow(2).sum())
+            out[str(i)] = sq ** 0.5
+        return out
+
+
+# ---------------------------------------------------------------------- jobs
+def _reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak-RSS counter (VmHWM)
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory_mb() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _weights_sha(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    tensors = load_file(str(path))
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_job(spec: SweepSpec, job: Job, sweep_dir: Path, cache: ModelCache, progress: bool = False) -> JobResult:
+    """Run one job in this process (train when needed, then evaluate every suite) and return its result."""
+    from onelayer.agents.engine import HFEngine
+    from onelayer.training.trainer import Trainer
+
+    run_dir = sweep_dir / "jobs" / job.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _reset_peak_memory()
+    insert = (spec.insert_layer, job.layer) if job.target.startswith("insert@") else None
+    model, tok = cache.fresh(insert), cache.tokenizer
+    lr = None
+    extra: dict = {}
+    opts = spec.train_options(job.domain)
+    if job.method == "base":
+        engine = HFEngine(model, tok, max_batch_size=opts.get("rollout_batch_size", 64))
+    else:
+        cfg = job_train_config(spec, job, run_dir)
+        lr = cfg.lr * (cfg.single_layer_lr_scale if job.method == "layer" else 1.0)
+        resume = (run_dir / "config.json").is_file()
+        trainer = Trainer(cfg, resume=resume, model=model, tokenizer=tok)
+        result = trainer.train(progress=progress)
+        for e in trainer.envs:
+            e.close()
+        engine = trainer.engine
+        rewards = [m["reward"] for m in result.metrics if "reward" in m]
+        extra.update(final_reward=rewards[-1] if rewards else None, mean_reward=sum(rewards) / max(len(rewards), 1),
+                     trained_sha256=_weights_sha(run_dir / "trained.safetensors"),
+                     train_time_s=sum(m.get("time/sampling_s", 0) + m.get("time/training_s", 0) for m in result.metrics),
+                     selection=trainer.selection.describe())
+    suites = [get_suite(n) for n in spec.eval_suites(job.domain)]
+    if spec.eval_items:
+        suites = [s.with_overrides(num_items=spec.eval_items) for s in suites]
+    history = opts.get("history_length", 2)
+    results, missing = run_suites(suites, engine, tok, prompt_template=opts.get("prompt_template"),
+                                  system_prompt=opts.get("system_prompt"), history_length=history,
+                                  batch_size=opts.get("rollout_batch_size", 64))
+    own = suites[0].name
+    if own not in results:
+        raise UserError(f"the in-domain suite of {job.domain!r} cannot run: {missing[own]}")
+    atomic_write_json(run_dir / "suites.json", {"suites": results, "missing": missing})
+    scores = {name: float(r[r["metric"]]) for name, r in results.items()}
+    change = cache.block_change_norms(model) if job.method != "base" and insert is None else {}
+    if missing:
+        extra["missing_suites"] = missing
+    return JobResult(job=job.id, domain=job.domain, seed=job.seed, method=job.method, target=job.target,
+                     layer=job.layer, algo=job.algo, score=scores[own], scores=scores, lr=lr,
+                     lr_scale=spec.single_layer_lr_scale if job.method == "layer" else 1.0, run_dir=str(run_dir),
+                     wall_s=time.time() - t0, peak_rss_mb=_peak_memory_mb(), weight_change=change, extra=extra)
+
+
+def _run_job_in_worker(spec_dict: dict, job_dict: dict, sweep_dir: str, threads: int) -> dict:
+    """Ray task body: load the model in this worker and run one job."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    spec = SweepSpec.from_dict(spec_dict)
+    cache = ModelCache(spec.model)
+    job_dict["options"] = tuple(tuple(o) for o in job_dict.get("options", ()))
+    return dataclasses.asdict(run_job(spec, Job(**job_dict), Path(sweep_dir), cache))
+
+
+# --------------------------------------------------------------------- sweep
+def _check_identity(sweep_dir: Path, spec: SweepSpec) -> None:
+    p = sweep_dir / SPEC_FILE
+    if not p.is_file():
+        return
+    stored = json.loads(p.read_text())
+    old = stored.get("identity", {})
+    new = json.loads(json.dumps(spec.identity()))
+    diff = [k for k in new if k in old and old[k] != new[k]]
+    if diff:
+        what = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
+        raise UserError(f"{sweep_dir} holds a sweep with other settings ({what}); results would not be comparable: "
+                        "use a new --out, or the same settings to resume or extend it")
+
+
+def _write_spec(sweep_dir: Path, spec: SweepSpec, num_layers: int) -> None:
+    p = sweep_dir / SPEC_FILE
+    prev = json.loads(p.read_text()) if p.is_file() else {}
+    seen = prev.get("all", {})
+    union = {
+        "domains": list(dict.fromkeys([*seen.get("domains", []), *spec.domains])),
+        "algos": list(dict.fromkeys([*seen.get("algos", []), *spec.algos])),
+        "seeds": sorted(set(seen.get("seeds", [])) | set(spec.seeds)),
+    }
+    import platform
+
+    import transformers
+
+    from onelayer.benchmarks.machine import describe_machine
+
+    atomic_write_json(p, {
+        "spec": dataclasses.asdict(spec), "identity": spec.identity(), "all": union, "num_layers": num_layers,
+        "train_options": {d: spec.train_options(d) for d in spec.domains},
+        "eval_suites": {d: spec.eval_suites(d) for d in spec.domains},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "onelayer": _onelayer_version()},
+        "machine": describe_machine(),
+    })
+
+
+def _onelayer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("onelayer")
+    except Exception:
+        return "unknown"
+
+
+def validate_spec(spec: SweepSpec) -> None:
+    """Everything checkable before loading the model."""
+    from onelayer.training.advantages import ALGORITHMS
+
+    if not spec.domains:
+        raise UserError("--domains needs at least one domain: math, code, agentic or an env id")
+    for d in spec.domains:
+        domain_name(d)
+    for a in spec.algos:
+        if a not in ALGORITHMS:
+            raise UserError(f"unknown algorithm {a!r}: choose from {', '.join(ALGORITHMS)}")
+    if not spec.seeds or any(not isinstance(s, int) or s < 0 for s in spec.seeds):
+        raise UserError(f"--seeds must be a count (3 = seeds 0,1,2) or a list of non-negative seeds, got {spec.seeds}")
+    if spec.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {spec.steps}")
+    if spec.single_layer_lr_scale <= 0:
+        raise UserError(f"--single-layer-lr-scale must be > 0, got {spec.single_layer_lr_scale}")
+    if spec.executor not in EXECUTORS:
+        raise UserError(f"unknown executor {spec.executor!r}: use local or ray")
+    if spec.eval_items is not None and spec.eval_items < 1:
+        raise UserError(f"--eval-items must be >= 1, got {spec.eval_items}")
+    if bool(spec.insert_layer) != bool(spec.insert_at):
+        raise UserError("--insert-layer and --at go together (e.g. --insert-layer onelayer.training.insert:identity_copy --at 15)")
+    for d in spec.domains:
+        for n in spec.eval_suites(d):
+            get_suite(n)
+    for d in spec.domains:
+        for n in spec.domain_suites(d):
+            if SUITES[n].domain != domain_name(d):
+                raise UserError(f"suite {n} is a {SUITES[n].domain} suite, not a {domain_name(d)} one: list it under "
+                                "its own domain or in --extra-suites")
+    if spec.insert_layer:
+        from onelayer.training.insert import load_factory
+
+        load_factory(spec.insert_layer)
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log=print,
+              jobs: list[Job] | None = None) -> list[JobResult]:
+    """Run (or resume, or extend) a sweep; returns every result in the directory.
+
+    ``jobs`` replaces the spec's own job plan (``onelayer compare`` runs its methods this way).
+    """
+    validate_spec(spec)
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _check_identity(sweep_dir, spec)
+    for j in jobs or [Job(d, a, spec.seeds[0], "full", "all") for d in spec.domains for a in spec.algos]:
+        if j.method != "base":  # bad train options fail before the model loads
+            job_train_config(spec, j, sweep_dir / "check")
+    cache = ModelCache(spec.model) if spec.executor == "local" else None
+    num_layers = cache.num_layers() if cache is not None else _num_layers_of(spec.model)
+    jobs = jobs if jobs is not None else plan_jobs(spec, num_layers)
+    _write_spec(sweep_dir, spec, num_layers)
+    done = {r.job for r in load_results(sweep_dir)} if results_path(sweep_dir).is_file() else set()
+    todo = [j for j in jobs if j.id not in done]
+    log(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
+        f"({spec.executor} executor)")
+    if spec.executor == "local":
+        for i, job in enumerate(todo, 1):
+            t = time.time()
+            r = run_job(spec, job, sweep_dir, cache, progress=progress)
+            append_result(sweep_dir, r)
+            log(f"[{i}/{len(todo)}] {job.id}: {_fmt_scores(r.scores)} ({time.time() - t:.0f} s)")
+    else:
+        _run_ray(spec, todo, sweep_dir, log)
+    return load_results(sweep_dir)
+
+
+def _fmt_scores(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
+
+def _num_layers_of(model_id: str) -> int:
+    from onelayer.agents.models import load_model
+    from onelayer.training.layers import find_decoder_blocks
+
+    model, _, _ = load_model(model_id, "cpu", "auto")
+    return len(find_decoder_blocks(model)[1])
+
+
+def _run_ray(spec: SweepSpec, todo: list[Job], sweep_dir: Path, log) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'onelayer[ray]' (or use --executor local)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=spec.cpus_per_job, num_gpus=spec.gpus_per_job)(_run_job_in_worker)
+    spec_dict = dataclasses.asdict(spec)
+    pending = {remote.remote(spec_dict, dataclasses.asdict(j), str(sweep_dir), spec.cpus_per_job): j for j in todo}
+    n = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            r = JobResult.from_dict(ray.get(ready[0]))
+            append_result(sweep_dir, r)
+            n += 1
+            log(f"[{n}/{len(todo)}] {job.id}: {_fmt_scores(r.scores)} ({r.wall_s:.0f} s)")
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+
+
+def log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------- presets
+# Costs are measured on the 2-core CPU this project is developed on (see benchmarks/RESULTS.md)
+# where a preset says "measured"; the GPU presets reproduce the paper's setups and are unmeasured here.
+PRESETS: dict[str, dict] = {
+    # The README's main job: base, full and 3 layers, 1 seed (~20 min on 2 cores). cpu-math extends the same
+    # directory (same identity settings) to 6 layers x 3 seeds, reusing the demo's jobs.
+    "cpu-math-demo": dict(
+        domains=["math"], algos=["grpo"], layers="0,15,29", seeds=[0], steps=10, eval_items=256,
+        train={"num_tasks": 8, "num_generations": 8}),
+    "cpu-math": dict(
+        domains=["math"], algos=["grpo"], layers="0,6,12,15,22,29", seeds=[0, 1, 2], steps=10, eval_items=256,
+        train={"num_tasks": 8, "num_generations": 8}),
+    "cpu-code": dict(
+        domains=["code"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
+        train={"num_tasks": 4, "num_generations": 4, "max_new_tokens": 192}),
+    "cpu-agentic": dict(
+        domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
+        train={"num_tasks": 2, "num_generations": 4, "max_turns": 15, "max_new_tokens": 32}),
+    # The paper's setups (MISSION.md): every layer, full-parameter lr 5e-6 shared by all jobs.
+    "gpu-qwen3-1.7b-math-grpo": dict(
+        model="Qwen/Qwen3-1.7B-Base", domains=["math"], algos=["grpo"], layers="all", seeds=[0, 1, 2], steps=200,
+        lr=5e-6, suites={"math": ["math500", "gsm8k"]},
+        train={"math": {"env_kwargs": {"source": "gsm8k"}, "max_new_tokens": 1024, "num_tasks": 32,
+                        "num_generations": 8, "micro_batch_size": 8}}, gpus_per_job=1.0, executor="ray"),
+    "gpu-qwen2.5-math-1.5b-drgrpo": dict(
+        model="Qwen/Qwen2.5-Math-1.5B", domains=["math"], algos=["drgrpo"], layers="all", seeds=[0, 1, 2],
+        steps=200, lr=5e-6, suites={"math": ["math500"]},
+        train={"math": {"env_kwargs": {"source": "math500"}, "max_new_tokens": 1024, "num_tasks": 32,
+                        "num_generations": 8, "micro_batch_size": 8}}, gpus_per_job=1.0, executor="ray"),
+    "gpu-qwen2.5-1.5b-alfworld-gigpo": dict(
+        model="Qwen/Qwen2.5-1.5B-Instruct", domains=["agentic"], algos=["gigpo"], layers="all", seeds=[0],
+        steps=150, lr=1e-6, suites={"agentic": ["alfworld-eval-id", "alfworld-eval-ood"]},
+        train={"agentic": {"max_turns": 50, "max_new_tokens": 512, "num_tasks": 16, "num_generations": 8,
+                           "history_length": 2, "micro_batch_size": 8}}, gpus_per_job=1.0, executor="ray"),
+}
+
+
+def preset_spec(name: str) -> dict:
+    """A preset's options (a UserError listing the presets for an unknown name)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown sweep preset {name!r}: choose from {', '.join(PRESETS)}")
+    return {**copy.deepcopy(PRESETS[name]), "preset": name}

@@ -1,0 +1,147 @@
+"""The results store of a layer sweep: one JSON line per finished job.
+
+``SWEEP_DIR/results.jsonl`` holds one :class:`JobResult` per finished job
+(appended atomically with fsync, so a killed sweep loses at most the job that
+was running). Everything downstream (the report, ``--layers top:K@SWEEP_DIR``,
+``onelayer compare``) reads the sweep through this module only.
+
+Methods: ``base`` (no training), ``full`` (every parameter), ``layer`` (one
+target: a block index, a sub-layer such as ``15.mlp``, or an inserted block
+``insert@15``), and any other method name a comparison adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onelayer.errors import UserError
+from onelayer.io import append_jsonl, read_jsonl
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class JobResult:
+    """What one finished sweep job measured."""
+
+    job: str
+    """Unique job id, e.g. ``math/s0/layer-15`` (also its run directory under ``jobs/``)."""
+    domain: str
+    """Training domain: math, code, agentic (or an env id's domain)."""
+    seed: int
+    method: str
+    """base, full, layer, or a comparison method name (only-top5, mid5, ...)."""
+    target: str
+    """What was trained: ``none``, ``all``, a layer spec (``15``, ``15.mlp``, ``12,13``) or ``insert@15``."""
+    layer: int | None
+    """The block index for single-layer jobs (the insertion depth for inserted blocks); None otherwise."""
+    algo: str
+    score: float
+    """The in-domain score (the training domain's suite metric, 0-1)."""
+    scores: dict = field(default_factory=dict)
+    """Every evaluated suite's primary metric, by suite name (in-domain and transfer)."""
+    lr: float | None = None
+    lr_scale: float = 1.0
+    """Multiplier applied to the sweep lr for this job (1.0 = the paper's same-lr rule)."""
+    run_dir: str | None = None
+    wall_s: float = 0.0
+    peak_rss_mb: float | None = None
+    weight_change: dict = field(default_factory=dict)
+    """Full-parameter jobs: the L2 norm of each block's weight change, by block index (as a string)."""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def results_path(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / RESULTS_FILE
+
+
+def append_result(sweep_dir: str | Path, result: JobResult) -> None:
+    """Record a finished job (atomic append + fsync)."""
+    append_jsonl(results_path(sweep_dir), dataclasses.asdict(result))
+
+
+def load_results(sweep_dir: str | Path) -> list[JobResult]:
+    """Every finished job of a sweep; a later row for the same job id replaces an earlier one."""
+    p = results_path(sweep_dir)
+    if not Path(sweep_dir).is_dir():
+        raise UserError(f"sweep directory {sweep_dir} does not exist: run `onelayer sweep --out {sweep_dir}` first")
+    if not p.is_file():
+        raise UserError(f"{p} does not exist: {sweep_dir} is not a sweep directory, or no job has finished yet")
+    by_job: dict[str, JobResult] = {}
+    for row in read_jsonl(p):
+        r = JobResult.from_dict(row)
+        by_job[r.job] = r
+    return list(by_job.values())
+
+
+def layer_contributions(results: list[JobResult], domain: str, suite: str | None = None,
+                        algo: str | None = None, method: str = "layer") -> dict[str, dict[int, float]]:
+    """Scores per target for one training domain: ``{target: {seed: score}}``, plus ``base`` and ``full``.
+
+    ``suite`` picks a suite's score (``scores[suite]``, e.g. a transfer suite)
+    instead of the in-domain one; ``algo`` keeps one algorithm's jobs when a
+    sweep ran several. The base model is evaluated once per domain (its
+    greedy/seeded suites do not depend on the training seed), so its score is
+    paired with every seed.
+    """
+    out: dict[str, dict[int, float]] = {}
+    seeds = sorted({r.seed for r in results if r.domain == domain and r.method != "base"})
+    for r in results:
+        if r.domain != domain or r.method not in ("base", "full", method):
+            continue
+        if algo is not None and r.method != "base" and r.algo != algo:
+            continue
+        value = r.score if suite is None else r.scores.get(suite)
+        if value is None:
+            continue
+        key = r.method if r.method in ("base", "full") else r.target
+        for s in (seeds if r.method == "base" and r.seed < 0 else [r.seed]):
+            out.setdefault(key, {})[s] = float(value)
+    return out
+
+
+def layer_ranking(sweep_dir: str | Path, domain: str) -> dict[int, float]:
+    """Mean layer contribution per block index for ``domain`` (ratio of seed means, paired seeds).
+
+    Used by ``--layers top:K@SWEEP_DIR``. Raises a UserError when the sweep has no
+    results for that domain or lacks its base/full runs.
+    """
+    from onelayer.benchmarks.contribution import layer_contribution
+
+    results = load_results(sweep_dir)
+    domains = sorted({r.domain for r in results})
+    algos = sorted({r.algo for r in results if r.domain == domain and r.method == "layer"})
+    scores = layer_contributions(results, domain, algo=algos[0] if len(algos) == 1 else None)
+    if len(algos) > 1:
+        raise UserError(f"sweep {sweep_dir} ran several algorithms on {domain!r} ({', '.join(algos)}): "
+                        "rank from a sweep of one algorithm")
+    if not any(r.domain == domain and r.method == "layer" and r.layer is not None for r in results):
+        raise UserError(f"sweep {sweep_dir} has no single-layer results for domain {domain!r} "
+                        f"(it has: {', '.join(domains) or 'none'}); use --rank-domain or sweep that domain")
+    if "base" not in scores or "full" not in scores:
+        raise UserError(f"sweep {sweep_dir} lacks the base or full-parameter run for domain {domain!r}: "
+                        "resume the sweep so they finish")
+    ranking: dict[int, float] = {}
+    for r in results:
+        if r.domain != domain or r.method != "layer" or r.layer is None or r.target != str(r.layer):
+            continue
+        per_layer = scores[r.target]
+        seeds = sorted(set(per_layer) & set(scores["base"]) & set(scores["full"]))
+        if not seeds:
+            continue
+        c = layer_contribution(np.mean([per_layer[s] for s in seeds]), np.mean([scores["base"][s] for s in seeds]),
+                               np.mean([scores["full"][s] for s in seeds]))
+        if c is None:
+            raise UserError(f"sweep {sweep_dir}: the full-parameter gain on {domain!r} is too small to rank layers by "
+                            "contribution (|S_full - S_base| < 0.01); train longer or with a larger lr")
+        ranking[r.layer] = c
+    return ranking

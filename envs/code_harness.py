@@ -7,23 +7,29 @@ it goes, so a submission that hangs halfway still gets credit for the units that
 finished. All feedback text is ASCII and free of run-dependent details (memory
 addresses, temp paths, durations), so equal failures give equal observations.
 
-What the candidate cannot do: fake results by printing (events carry a per-run tag
-it is not given), read the tests or the reference solution (deleted before it
-loads), or change the prompt's helpers the tests use. What it still can, as with
-HumanEval's own harness: tamper with the runner from inside its own process (e.g.
-return an object whose ``__eq__`` is always true). The sandbox bounds the damage to
-that one verdict.
+Grading is isolated from the submission (see ``code_runner.py``): inside the sandbox
+the candidate's code runs in a process of its own (the candidate server) that only
+answers calls with plain data (``marshal``: numbers, strings, bytes, None and
+containers of them); the tests run and pass/fail is decided in a second process
+(the checker), non-dumpable and forked before the task is read, which alone holds
+the result pipe to us. So the candidate cannot print, forge or patch its way to a
+pass (fake result lines, the runner's reporting function, ``os._exit(0)``,
+monkeypatched builtins, an object whose ``__eq__`` is always true, a subclass of
+int), read the tests or the reference solution, or change the prompt's helpers the
+tests use. In the ``process`` isolation fallback it runs as the caller's user with
+no filesystem isolation, so nothing (the grader included) is safe from it there.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import json
+import marshal
 import pathlib
 import pickle
 import re
-import secrets
 import signal
 from dataclasses import dataclass
 
@@ -32,7 +38,9 @@ from onelayer.envs.sandbox import run_in_sandbox
 from onelayer.errors import UserError
 
 _RUNNER = pathlib.Path(__file__).with_name("code_runner.py")
-_TAG_VAR = "ONELAYER_RESULT_TAG"
+# The sandbox's wall clock allows this on top of timeout_s: the checker enforces timeout_s itself
+# (and reports it), the sandbox's limit is the backstop for a checker that cannot.
+_GRACE_S = 0.5
 # EvalPlus' special oracles (evalplus/eval/__init__.py): entry point -> how outputs are compared.
 _MBPP_ORACLES = {
     "are_equivalent": "always", "sum_div": "zero_ok", "surface_Area": "surface_area",
@@ -81,6 +89,7 @@ class TestPlan:
     prelude: str = ""  # test code outside check()
     steps: tuple[tuple[str, bool], ...] = ()  # (statement source, is a test unit)
     unit_texts: tuple[str, ...] = ()  # the source of each unit, for messages
+    names: tuple[str, ...] = ()  # names the tests call that only the solution defines (run in its process)
 
     @property
     def num_units(self) -> int:
@@ -92,36 +101,41 @@ def run_tests(problem: CodeProblem, code: str, *, timeout_s: float = 5.0, memory
               isolation: str | None = None) -> TestOutcome:
     """Run ``problem``'s tests on the candidate program ``code`` in the sandbox."""
     plan = plan_tests(problem)
-    tag = secrets.token_hex(16)
-    task = {"kind": plan.kind, "entry_point": problem.entry_point, "solution": code, "context": plan.context}
+    task = {"kind": plan.kind, "entry_point": problem.entry_point, "solution": code, "context": plan.context,
+            "timeout_s": float(timeout_s)}
     if plan.kind == "io":
         total = len(problem.inputs or ())
         task.update(reference=problem.reference_code, inputs=problem.inputs, atol=problem.atol,
                     oracle=_oracle(problem))
     else:
         total = plan.num_units
-        task.update(prelude=plan.prelude, steps=list(plan.steps))
+        task.update(prelude=plan.prelude, steps=list(plan.steps), names=list(plan.names))
     payload = pickle.dumps(task, protocol=4)
     # EvalPlus inputs can be large: the sandbox's working directory must hold them (and leave room to spare).
     disk_mb = max(64, 2 * (len(payload) >> 20) + 32)
-    result = run_in_sandbox(_runner_source(), timeout_s=timeout_s, memory_mb=memory_mb,
-                            files={"task.pkl": payload}, env={_TAG_VAR: tag}, isolation=isolation,
-                            disk_mb=disk_mb, max_file_mb=max(16, disk_mb), max_output_bytes=8 << 20)
+    # memory_mb limits each of the sandbox's two processes (the checker and the candidate server).
+    result = run_in_sandbox(_runner_source(), timeout_s=timeout_s + _GRACE_S, memory_mb=memory_mb,
+                            files={"task.pkl": payload}, isolation=isolation, disk_mb=disk_mb,
+                            max_file_mb=max(16, disk_mb), max_output_bytes=8 << 20, result_pipe=True)
     if result.status == "error":
         raise SandboxFailure(f"the sandbox could not run {problem.task_id}: {result.stderr.strip()[-1000:]}")
-    events = parse_events(result.stdout, tag)
+    events = parse_events(result.result)
+    broken = next((e for e in events if e.get("event") == "broken"), None)
+    if broken is not None:
+        raise SandboxFailure(f"the code grader could not run {problem.task_id}: {broken.get('error', '')}")
     return _verdict(problem, plan, total, events, result.status, result.returncode, result.stderr, timeout_s)
 
 
-def parse_events(stdout: str, tag: str) -> list[dict]:
-    """The runner's tagged JSON events in ``stdout`` (anything else is ignored)."""
+def parse_events(text: str) -> list[dict]:
+    """The checker's JSON events, one per line of its result pipe (a torn last line is ignored)."""
     events = []
-    for line in stdout.split("\n"):
-        if line.startswith(tag):
-            try:
-                events.append(json.loads(line[len(tag):]))
-            except json.JSONDecodeError:
-                continue
+    for line in text.split("\n"):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
     return events
 
 
@@ -168,18 +182,28 @@ def _verdict(problem, plan, total, events, status, returncode, stderr, timeout_s
         error = error or f"the tests stopped: {s.get('error', '')}"
         details = details or "\n".join(x for x in (s.get("error", ""), s.get("trace", "")) if x)
     if not done:
-        if status == "timeout":
+        # How the candidate's process ended, as the checker saw it; else how the sandbox ended.
+        crash = by_kind["crash"][0] if "crash" in by_kind else None
+        how = str(crash.get("how", "")) if crash else ""
+        kind, _, number = how.partition(" ")
+        if status == "timeout" or "timeout" in by_kind or (kind == "signal" and number == str(int(signal.SIGXCPU))):
             error = f"timeout: the tests did not finish within {timeout_s:g} s ({passed} of {total} passed before)"
             details = (details + "\n" if details else "") + (
                 f"Your code did not finish within {timeout_s:g} seconds: an infinite loop or a too slow algorithm?")
             return _fail(total, passed, error, details, timeout=True)
-        if status == "killed" and returncode is not None:
-            name = _signal_name(-returncode)
+        killed_by = int(number) if kind == "signal" and number.isdigit() else (
+            -returncode if crash is None and status == "killed" and returncode is not None else None)
+        if killed_by is not None:
+            name = _signal_name(killed_by)
             error = f"the program was killed by {name} (memory limit or a crash) ({passed} of {total} passed before)"
             return _fail(total, passed, error, (details + "\n" if details else "") + error)
-        if not error:
-            tail = _short(stderr.strip().split("\n")[-1] if stderr.strip() else "", 200)
-            error = f"the program exited before the tests finished (exit code {returncode})" + (
+        if kind == "protocol":
+            error = f"the program broke the test protocol ({passed} of {total} passed before): {crash.get('detail', '')}"
+            return _fail(total, passed, error, (details + "\n" if details else "") + error)
+        if crash is not None or not error:
+            code = number if kind == "exit" else (returncode if crash is None else "unknown")
+            tail = _short(stderr.strip().split("\n")[-1] if stderr.strip() and crash is None else "", 200)
+            error = f"the program exited before the tests finished (exit code {code})" + (
                 f": {tail}" if tail else "")
             details = (details + "\n" if details else "") + error
     return _fail(total, passed, error or "not every test passed", details)
@@ -220,7 +244,13 @@ def _oracle(problem: CodeProblem) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _runner_source() -> str:
-    return _RUNNER.read_text()
+    """``main.py`` for the sandbox: ``code_runner.py``'s code object, compiled once here.
+
+    Compiling the runner's source in every sandbox would cost about as much as running
+    it; the sandbox runs this same interpreter, so its marshal data loads there as is.
+    """
+    code = compile(_RUNNER.read_text(), _RUNNER.name, "exec")
+    return f"import marshal\nexec(marshal.loads({marshal.dumps(code)!r}))\n"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -246,7 +276,29 @@ def plan_tests(problem: CodeProblem) -> TestPlan:
     if not unit_texts:
         raise UserError(f"{problem.task_id}: its test code has no assert statements to check the solution with")
     prelude = "\n".join(ast.unparse(n) for n in prelude_nodes)
-    return TestPlan("asserts", context, prelude, steps, unit_texts)
+    names = _solution_names(module, context, problem.entry_point)
+    return TestPlan("asserts", context, prelude, steps, unit_texts, names)
+
+
+def _solution_names(tests: ast.Module, context: str, entry_point: str) -> tuple[str, ...]:
+    """The entry point, then every other name the tests use but neither they, the prompt nor builtins define."""
+    used, defined = set(), set(dir(builtins)) | {"candidate", entry_point}
+    for tree in (tests, ast.parse(context)):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                if not isinstance(node.ctx, ast.Load):
+                    defined.add(node.id)
+                elif tree is tests:
+                    used.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.arg):
+                defined.add(node.arg)
+            elif isinstance(node, ast.alias):
+                defined.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                defined.add(node.name)
+    return (entry_point, *sorted(used - defined))
 
 
 def _calls_check(node: ast.stmt) -> bool:

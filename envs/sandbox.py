@@ -25,6 +25,12 @@ per process (see :func:`isolation_level`) and logged:
 In every mode: a wall-clock limit, a CPU-time limit (``RLIMIT_CPU``), an address
 space limit (``RLIMIT_AS``), a process limit (``RLIMIT_NPROC``, against fork
 bombs), a file size limit (``RLIMIT_FSIZE``) and a cap on the captured output.
+
+``result_pipe=True`` gives the program a channel besides stdout: the write end of a
+pipe, at the descriptor number in ``$ONELAYER_RESULT_FD``, whose content comes back
+as ``SandboxResult.result``. Unlike stdout (a file, which in ``process`` mode sits
+next to the program's working directory), nothing can reach it by path; a program
+that runs untrusted code in a child closes it there (see ``code_runner.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 LEVELS = ("namespaces", "userns", "process")
 _INIT = str(pathlib.Path(__file__).with_name("sandbox_init.py"))
 _TAG_VAR = "ONELAYER_SANDBOX_TAG"
+RESULT_FD_VAR = "ONELAYER_RESULT_FD"
 _BACKSTOP_S = 3.0
 # Uids handed to sandboxed programs in ``namespaces`` mode: far above any login or
 # system account, one per run, so RLIMIT_NPROC counts only that run's processes.
@@ -71,7 +78,9 @@ class SandboxResult:
     signal, e.g. SIGSEGV) or ``error`` (the sandbox itself could not start; see
     ``stderr``). ``returncode`` is the exit code, or minus the signal number.
     ``stdout``/``stderr`` are decoded (UTF-8, invalid bytes replaced) and capped at
-    ``max_output_bytes`` each. ``isolation`` is the level that ran it.
+    ``max_output_bytes`` each. ``isolation`` is the level that ran it. ``result`` is
+    what the program wrote to its result pipe (``result_pipe=True``), decoded and capped
+    the same way.
     """
 
     status: str
@@ -80,6 +89,7 @@ class SandboxResult:
     returncode: int | None
     duration_s: float
     isolation: str
+    result: str = ""
 
     @property
     def ok(self) -> bool:
@@ -100,6 +110,7 @@ def run_in_sandbox(
     max_output_bytes: int = 1 << 20,
     isolation: str | None = None,
     tmp_dir: str | os.PathLike | None = None,
+    result_pipe: bool = False,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` with the current Python interpreter, isolated; never raises for bad code.
 
@@ -115,6 +126,7 @@ def run_in_sandbox(
         max_output_bytes: how much of stdout and of stderr is kept.
         isolation: force ``namespaces``, ``userns`` or ``process`` (default: the best available).
         tmp_dir: where the run's temporary directory goes (default: the system's).
+        result_pipe: give the program a result pipe (``$ONELAYER_RESULT_FD``); see ``SandboxResult.result``.
     """
     level = isolation or isolation_level()
     if level not in LEVELS:
@@ -124,11 +136,11 @@ def run_in_sandbox(
                         f"max_processes={max_processes})")
     with tempfile.TemporaryDirectory(prefix="onelayer-sandbox-", dir=tmp_dir, ignore_cleanup_errors=True) as run_dir:
         return _run(code, timeout_s, memory_mb, dict(files or {}), dict(env or {}), max_processes,
-                    max_file_mb, disk_mb, max_output_bytes, level, pathlib.Path(run_dir))
+                    max_file_mb, disk_mb, max_output_bytes, level, pathlib.Path(run_dir), result_pipe)
 
 
 def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, disk_mb, max_output_bytes,
-         level, run_dir: pathlib.Path) -> SandboxResult:
+         level, run_dir: pathlib.Path, result_pipe: bool) -> SandboxResult:
     inbox = run_dir / "work"
     inbox.mkdir()
     _write_files(inbox, {"main.py": code, **files})
@@ -152,7 +164,12 @@ def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, dis
     }
     (run_dir / "root").mkdir()
     out_path, err_path = run_dir / "stdout", run_dir / "stderr"
-    status_r = status_w = None
+    status_r = status_w = result_r = result_w = None
+    if result_pipe:
+        result_r, result_w = os.pipe()
+        os.set_blocking(result_r, False)
+        params["result_fd"] = result_w
+        params["env"][RESULT_FD_VAR] = str(result_w)
     if namespaced:
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
@@ -164,19 +181,21 @@ def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, dis
     else:
         cmd = [sys.executable, "-I", "-S", _INIT, json.dumps(params)]
     start = time.monotonic()
+    results = _Collector(result_r, max_output_bytes) if result_pipe else None
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=run_dir,
                                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
-                                    pass_fds=(status_w,) if namespaced else (), start_new_session=True)
+                                    pass_fds=tuple(fd for fd in (status_w, result_w) if fd is not None),
+                                    start_new_session=True)
         except OSError as e:
-            _close(status_r, status_w)
+            _close(status_r, status_w, result_r, result_w)
             return SandboxResult("error", "", f"cannot start the sandbox: {e}", None, 0.0, level)
-        _close(status_w)
+        _close(status_w, result_w)
         # Namespaced: PID 1 enforces the time limit itself, so its exit (which the kernel
         # completes only once every process in the namespace is gone) comes before
         # unshare's; our own timer is a backstop for a PID 1 that hangs.
-        timed_out = not _wait_exited(proc.pid, timeout_s + (_BACKSTOP_S if namespaced else 0.0))
+        timed_out = not _wait_exited(proc.pid, timeout_s + (_BACKSTOP_S if namespaced else 0.0), results)
         # The leader is dead or a zombie (not yet reaped), so its pid still names our process group.
         _kill_group(proc.pid)
         returncode = proc.wait()
@@ -185,11 +204,16 @@ def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, dis
     duration = time.monotonic() - start
     report = _read_status(status_r) if namespaced else ""
     _close(status_r)
+    result = ""
+    if results is not None:
+        results.read_available()
+        result = results.text()
+        _close(result_r)
     stdout, stderr = _read_capped(out_path, max_output_bytes), _read_capped(err_path, max_output_bytes)
     status, code_out = _classify(timed_out, report, returncode, namespaced)
     if status == "error":
         stderr = (report.removeprefix("setup-error ").strip() or f"sandbox exited with {returncode}") + "\n" + stderr
-    return SandboxResult(status, stdout, stderr, code_out, duration, level)
+    return SandboxResult(status, stdout, stderr, code_out, duration, level, result)
 
 
 def _classify(timed_out: bool, report: str, returncode: int, namespaced: bool) -> tuple[str, int | None]:
@@ -295,20 +319,57 @@ def _nproc_limit(level: str, max_processes: int) -> int:
     return count + max_processes
 
 
-def _wait_exited(pid: int, timeout_s: float) -> bool:
-    """Wait until ``pid`` exits without reaping it; False on timeout."""
+class _Collector:
+    """Drains a non-blocking pipe into memory: the first ``limit`` bytes are kept, the rest read and dropped."""
+
+    def __init__(self, fd: int, limit: int):
+        self.fd, self.limit = fd, limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.eof = False
+
+    def read_available(self) -> None:
+        """Read what the pipe holds now (never blocks)."""
+        while not self.eof:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self.eof = True
+                return
+            if self.size < self.limit:
+                self.chunks.append(data[: self.limit - self.size])
+            self.size += len(data)
+
+    def text(self) -> str:
+        """What was kept, decoded (UTF-8, invalid bytes replaced), marked when truncated."""
+        text = b"".join(self.chunks).decode(errors="replace")
+        return text + ("\n[output truncated]" if self.size > self.limit else "")
+
+
+def _wait_exited(pid: int, timeout_s: float, drain: _Collector | None = None) -> bool:
+    """Wait until ``pid`` exits without reaping it, draining ``drain`` meanwhile; False on timeout."""
+    deadline = time.monotonic() + timeout_s
     try:
         fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         fd = None
     if fd is not None:
         try:
-            ready, _, _ = select.select([fd], [], [], timeout_s)
-            return bool(ready)
+            while True:
+                watched = [fd] + ([drain.fd] if drain is not None and not drain.eof else [])
+                ready, _, _ = select.select(watched, [], [], max(0.0, deadline - time.monotonic()))
+                if fd in ready:
+                    return True
+                if not ready:
+                    return False
+                drain.read_available()
         finally:
             os.close(fd)
-    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if drain is not None:
+            drain.read_available()
         if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             return True
         time.sleep(0.005)

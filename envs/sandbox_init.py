@@ -18,7 +18,8 @@ Modes (``PARAMS["mode"]``):
   program in place (the caller kills its process group and sweeps for strays).
 
 Status lines written to ``PARAMS["status_fd"]``: ``exit N``, ``signal N``,
-``timeout`` or ``setup-error MESSAGE``.
+``timeout`` or ``setup-error MESSAGE``. ``PARAMS["result_fd"]`` (optional) is the
+program's result pipe: it passes to the program only; PID 1 closes its copy.
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def main() -> None:
     child = os.fork()
     if child == 0:
         _run_child(p, status_fd)
+    if p.get("result_fd") is not None:
+        os.close(p["result_fd"])
     os.write(status_fd, (_wait_for(child, p["deadline_s"]) + "\n").encode())
     # Exiting as PID 1 makes the kernel SIGKILL everything still alive in the namespace.
 

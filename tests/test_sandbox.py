@@ -307,6 +307,30 @@ def test_its_working_directory_is_private_and_removed_afterwards(tmp_path):
     assert list(runs.iterdir()) == []
 
 
+def test_the_result_pipe_carries_what_the_program_writes_there_and_only_that():
+    r = run("""
+        import os
+        print('to stdout')
+        os.write(int(os.environ['ONELAYER_RESULT_FD']), b'result line\\n')
+    """, result_pipe=True)
+    assert r.status == "ok" and r.result == "result line\n" and r.stdout == "to stdout\n"
+    plain = run("import os; print('ONELAYER_RESULT_FD' in os.environ)")
+    assert plain.stdout.strip() == "False" and plain.result == ""
+
+
+def test_the_result_pipe_is_drained_while_the_program_runs_and_capped():
+    # 4 MiB is far more than a pipe buffers: a parent that read only at the end would leave the writer blocked.
+    r = run("""
+        import os
+        fd = int(os.environ['ONELAYER_RESULT_FD'])
+        for _ in range(64):
+            os.write(fd, b'z' * 65536)
+        print('finished')
+    """, result_pipe=True, max_output_bytes=1000)
+    assert r.status == "ok" and r.stdout == "finished\n"
+    assert r.result.startswith("z" * 1000) and r.result.endswith("[output truncated]")
+
+
 def test_output_and_file_sizes_are_capped():
     loud = run("import sys; sys.stdout.write('y' * (4 << 20))", max_output_bytes=1000)
     assert loud.stdout.startswith("y" * 1000) and loud.stdout.endswith("[output truncated]")

@@ -107,19 +107,21 @@ def test_hostile_code_earns_nothing_and_the_env_goes_on(body):
 
 
 FORGERIES = {
-    # The candidate runs in the runner's process, so it can reach the runner's result channel ...
-    "forged result lines": "import sys, os\n    m = sys.modules['__main__']\n    [m.emit('unit', i=j, ok=True) "
-                           "for j in range(10)]\n    m.emit('done')\n    os._exit(0)",
-    # ... and answer assert-based tests with an object equal to anything.
+    # The runner's reporting code, reached through __main__ and aimed at every open descriptor, then a clean
+    # exit: the candidate's process holds no channel to the parent, so nothing it writes counts ...
+    "forged result lines": "import sys, os\n    m = sys.modules['__main__']\n    for fd in range(3, 256):\n"
+                           "        try:\n            out = m.Reporter(fd)\n"
+                           "            [out.emit('unit', i=j, ok=True) for j in range(10)]\n"
+                           "            out.emit('done')\n        except Exception:\n            pass\n"
+                           "    os._exit(0)",
+    # ... and only plain data crosses to the checker, so an object equal to anything is a failed call.
     "always-equal object": "class AnyValue:\n        __eq__ = lambda self, other: True\n    return AnyValue()",
 }
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README: what onelayer does not guarantee): Code-v0 grades inside "
-                                      "the candidate's own process, so adversarial code can forge a pass")
 @pytest.mark.parametrize("body", FORGERIES.values(), ids=FORGERIES.keys())
 def test_code_that_games_the_grader_earns_nothing(body):
     env = gym.make("onelayer/Code-v0", timeout_s=5.0)
     _, info = env.reset(seed=0)
-    _, reward, _, _, _ = env.step(f"```python\ndef {info['entry_point']}(*args, **kwargs):\n    {body}\n```")
-    assert reward == 0.0
+    _, reward, _, _, info = env.step(f"```python\ndef {info['entry_point']}(*args, **kwargs):\n    {body}\n```")
+    assert reward == 0.0 and not info["passed"] and info["error"]

@@ -59,17 +59,53 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
 
 
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens for a (rows, vocab) block of logits and their log-probs under ``softmax(logits / T)``.
+
+    Greedy (``T <= 0``) takes the argmax. Otherwise one uniform per row (``uniforms``)
+    picks a token by inverting the CDF of the top-p-truncated distribution: one
+    random number per row instead of ``torch.multinomial``'s one per vocabulary
+    entry, and a row's draw does not depend on which other rows are in the batch.
+    """
+    logits = logits.float()
+    greedy = params.temperature <= 0
+    logprobs = torch.log_softmax(logits if greedy else logits / params.temperature, dim=-1)
+    if greedy:
+        nxt = logits.argmax(-1)
+    else:
+        cdf = _top_p_filter(logprobs.exp(), params.top_p).double().cumsum(-1)
+        target = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
+        nxt = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return nxt, logprobs.gather(-1, nxt[:, None]).squeeze(-1)
+
+
+def group_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Distinct prompts (first-seen order) and, for every prompt, the index of its distinct one."""
+    first: dict[tuple[int, ...], int] = {}
+    owner = [first.setdefault(tuple(p), len(first)) for p in prompts]
+    uniq = [list(k) for k in first]
+    return uniq, owner
+
+
 class HFEngine:
     """Batched sampling with a KV cache on a transformers causal LM.
 
-    Prompts are left-padded; finished sequences leave the batch (their cache
-    rows are dropped) so long tails do not cost the whole batch.
+    Prompts are left-padded. Identical prompts in a micro-batch (a GRPO group's G
+    samples of one task) are prefilled once and their cache rows copied. Finished
+    sequences leave the batch: their cache rows are dropped once they make up
+    ``compact_fraction`` of it (a cache copy costs about as much as a few decode
+    steps of dead rows). Neither changes what is computed for a live row, so
+    greedy tokens equal those of the plain path (``share_prefix=False,
+    compact_fraction=0``) and of ``model.generate``.
     """
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 64):
+    def __init__(self, model, tokenizer, max_batch_size: int = 64, share_prefix: bool = True,
+                 compact_fraction: float = 0.25):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
+        self.compact_fraction = compact_fraction
         eos = set()
         for src in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
             if isinstance(src, int):
@@ -104,61 +140,71 @@ class HFEngine:
                 out[i] = g
         return out  # type: ignore[return-value]
 
+    def _forward(self, ids, mask, pos, cache) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                          **{self._cache_kw: cache}).logits[:, -1, :]
+
     def _generate_batch(self, prompts, params: SamplingParams, gen: torch.Generator, device) -> list[Generation]:
         from transformers import DynamicCache
 
         n = len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
+        uniq, owner = group_prompts(prompts) if self.share_prefix else (prompts, list(range(n)))
+        width = max(len(p) for p in uniq)
+        ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
+        # The whole mask is allocated once; each step uses its first width + t columns.
+        full_mask = torch.ones((len(uniq), width + params.max_new_tokens), dtype=torch.long)
+        for i, p in enumerate(uniq):
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            full_mask[i, : width - len(p)] = 0
+        ids, full_mask = ids.to(device), full_mask.to(device)
+        positions = (full_mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        logits = self._forward(ids, full_mask[:, :width], positions, cache)
+        step_pos = positions[:, -1:] + 1
+        if len(uniq) < n:  # expand the shared prefills to one cache row per prompt
+            idx = torch.tensor(owner, device=device)
+            cache.batch_select_indices(idx)
+            logits, full_mask, step_pos = logits[idx], full_mask[idx], step_pos[idx]
         eos = torch.tensor(self.eos_ids, device=device)
         tokens: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         finish = ["length"] * n
-        alive = list(range(n))  # original row of each live cache row
-        step_ids, step_pos = ids, positions
+        rows = list(range(n))  # original prompt of each cache row
+        live = [True] * n  # per cache row
         greedy = params.temperature <= 0
-        for _ in range(params.max_new_tokens):
-            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1, :].float()
-            scaled = logits if greedy else logits / params.temperature
-            logprobs = torch.log_softmax(scaled, dim=-1)
-            if greedy:
-                nxt = logits.argmax(-1)
-            else:
-                probs = _top_p_filter(logprobs.exp(), params.top_p)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
-            lp = logprobs.gather(-1, nxt[:, None]).squeeze(-1)
+        for t in range(params.max_new_tokens):
+            # One uniform per original row every step, so a row's draws do not depend on the cache layout.
+            u = None if greedy else torch.rand(n, generator=gen, dtype=torch.float64)[rows]
+            nxt, lp = sample_tokens(logits, params, u)
             done = torch.isin(nxt, eos)
             nxt_l, lp_l, done_l = nxt.tolist(), lp.tolist(), done.tolist()
-            for r, row in enumerate(alive):
+            for r, row in enumerate(rows):
+                if not live[r]:
+                    continue
                 tokens[row].append(nxt_l[r])
                 logps[row].append(lp_l[r])
                 if done_l[r]:
                     finish[row] = "stop"
-            keep = [r for r in range(len(alive)) if not done_l[r]]
-            if not keep:
+                    live[r] = False
+            n_live = sum(live)
+            if n_live == 0 or t == params.max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=-1)
-            step_pos = step_pos[:, -1:] + 1
-            step_ids = nxt[:, None]
-            if len(keep) < len(alive):
+            if len(rows) - n_live >= max(1.0, self.compact_fraction * len(rows)):
+                keep = [r for r in range(len(rows)) if live[r]]
                 idx = torch.tensor(keep, device=device)
                 cache.batch_select_indices(idx)
-                mask, step_pos, step_ids = mask[idx], step_pos[idx], step_ids[idx]
-                alive = [alive[r] for r in keep]
+                full_mask, step_pos, nxt = full_mask[idx], step_pos[idx], nxt[idx]
+                rows, live = [rows[r] for r in keep], [True] * len(keep)
+            logits = self._forward(nxt[:, None], full_mask[:, : width + t + 1], step_pos, cache)
+            step_pos = step_pos + 1
         return [Generation(t, lp, f) for t, lp, f in zip(tokens, logps, finish)]
 
 
 # ---------------------------------------------------------------- registry
 ENGINES: dict[str, str] = {
     "hf": "onelayer.agents.engine:HFEngine",
+    "vllm": "onelayer.agents.vllm_engine:VLLMEngine",
+    "llamacpp": "onelayer.agents.llamacpp_engine:LlamaCppEngine",
 }
 
 

@@ -2,7 +2,10 @@
 
 Every live episode's prompt for the current turn goes into a single
 ``engine.generate`` call; finished episodes drop out. Single-turn envs (math)
-are the one-turn case of the same loop.
+are the one-turn case of the same loop. The envs are a list of Gymnasium envs
+(stepped one after another) or a pool with batched ``reset(seeds, options,
+indices)`` / ``step(actions, indices)`` such as ``ALFWorldVecEnv``, whose worker
+processes step all live episodes of a turn at the same time.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 
@@ -31,8 +35,53 @@ class EpisodeSpec:
     options: dict | None = None
 
 
+def is_env_pool(envs) -> bool:
+    """True for a pool with batched ``reset``/``step`` over env indices (``ALFWorldVecEnv``), False for a list of envs."""
+    return not isinstance(envs, (list, tuple)) and hasattr(envs, "num_envs") and callable(getattr(envs, "step", None))
+
+
+def _reset_many(envs, items: list[tuple[int, int | None, dict | None]]) -> dict[int, Any]:
+    """Reset envs ``(index, seed, options)``: {index: (obs, info) or the exception it raised}."""
+    if not items:
+        return {}
+    if is_env_pool(envs):
+        idx = [i for i, _, _ in items]
+        try:
+            obs, infos = envs.reset(seeds=[s for _, s, _ in items], options=[o for _, _, o in items], indices=idx)
+        except Exception as e:  # a pool fails as a whole: every episode of the call fails
+            return dict.fromkeys(idx, e)
+        return {i: (o, info) for i, o, info in zip(idx, obs, infos)}
+    out: dict[int, Any] = {}
+    for i, seed, options in items:
+        try:
+            out[i] = envs[i].reset(seed=seed, options=options)
+        except Exception as e:
+            out[i] = e
+    return out
+
+
+def _step_many(envs, items: list[tuple[int, str]]) -> dict[int, Any]:
+    """Step envs ``(index, action)``: {index: (obs, reward, terminated, truncated, info) or the exception it raised}."""
+    if not items:
+        return {}
+    if is_env_pool(envs):
+        idx = [i for i, _ in items]
+        try:
+            res = envs.step([a for _, a in items], indices=idx)
+        except Exception as e:
+            return dict.fromkeys(idx, e)
+        return {i: r for i, r in zip(idx, zip(*res))}
+    out: dict[int, Any] = {}
+    for i, action in items:
+        try:
+            out[i] = envs[i].step(action)
+        except Exception as e:
+            out[i] = e
+    return out
+
+
 def collect(
-    engine: RolloutEngine, prompt_builder: PromptBuilder, envs: Sequence[gym.Env], episodes: Sequence[EpisodeSpec],
+    engine: RolloutEngine, prompt_builder: PromptBuilder, envs: Sequence[gym.Env] | Any, episodes: Sequence[EpisodeSpec],
     params: SamplingParams, max_turns: int = 1, max_prompt_tokens: int | None = None, parse_actions: bool = False,
     invalid_action_penalty: float = 0.0, env_factory: Callable[[], gym.Env] | None = None,
 ) -> list[Trajectory]:
@@ -47,7 +96,10 @@ def collect(
     or when its next prompt would exceed ``max_prompt_tokens`` (truncated with reason
     ``"context"``, not crashed). An env that raises fails only its own episode
     (``Trajectory.error`` says why; it is logged), is replaced by ``env_factory()``
-    in ``envs`` when a factory is given, and the rest of the batch goes on.
+    in ``envs`` when a factory is given, and the rest of the batch goes on. ``envs``
+    may also be an env pool (``is_env_pool``): each turn's steps go to it in one
+    call, the same trajectories as with a list of the same envs; a pool that raises
+    fails the episodes of that call.
     """
     if len(envs) != len(episodes):
         raise ValueError(f"{len(envs)} envs for {len(episodes)} episodes")
@@ -63,24 +115,28 @@ def collect(
         trajs[i].error = f"{where}: {type(err).__name__}: {err}"[:500]
         trajs[i].truncated, trajs[i].truncation_reason = True, "env_error"
         log.warning("episode %d (task %s) failed in env.%s: %s", i, trajs[i].task_id, where, trajs[i].error)
-        if env_factory is not None:
+        if env_factory is not None and not is_env_pool(envs):
             try:
                 envs[i].close()
             except Exception:  # a crashed env may not close cleanly; it is being replaced anyway
                 pass
-            envs[i] = env_factory()
+            try:
+                envs[i] = env_factory()
+            except Exception as e:  # keep the old one: its next episode tries again, or fails alone
+                log.warning("could not replace the crashed env of episode %d: %s: %s", i, type(e).__name__, e)
 
-    for i, (env, ep) in enumerate(zip(envs, episodes)):
+    for ep in episodes:
         trajs.append(Trajectory(task_id=ep.seed, group=ep.group, sample=ep.sample))
         obs.append("")
         infos.append({})
         history.append([])
         tasks.append(None)
-        try:
-            o, info = env.reset(seed=ep.seed, options=ep.options)
-        except Exception as e:
-            fail(i, "reset", e)
+    resets = _reset_many(envs, [(i, ep.seed, ep.options) for i, ep in enumerate(episodes)])
+    for i, ep in enumerate(episodes):
+        if isinstance(resets[i], Exception):
+            fail(i, "reset", resets[i])
             continue
+        o, info = resets[i]
         trajs[i].task_id = info.get("task_id", ep.seed)
         obs[i], infos[i], tasks[i] = o, info, info.get("task")
         live.append(i)
@@ -98,20 +154,21 @@ def collect(
             ready.append(i)
         turn_params = SamplingParams(params.max_new_tokens, params.temperature, params.top_p, params.seed + 7919 * turn)
         gens = engine.generate(prompts, turn_params) if prompts else []
-        still = []
-        for i, ids, g in zip(ready, prompts, gens):
+        still, acts = [], []
+        for i, g in zip(ready, gens):
             text = tok.decode(g.token_ids, skip_special_tokens=True)
-            prev = infos[i]
             if parse_actions:
-                parsed = parse_action(text, prev.get("admissible_actions"))
-                action, invalid = (parsed.action or text), not parsed.valid
+                parsed = parse_action(text, infos[i].get("admissible_actions"))
+                acts.append((text, parsed.action or text, not parsed.valid))
             else:
-                action, invalid = text, False
-            try:
-                o, reward, terminated, truncated, info = envs[i].step(action)
-            except Exception as e:
-                fail(i, "step", e)
+                acts.append((text, text, False))
+        results = _step_many(envs, [(i, action) for i, (_, action, _) in zip(ready, acts)])
+        for i, ids, g, (text, action, invalid) in zip(ready, prompts, gens, acts):
+            prev = infos[i]
+            if isinstance(results[i], Exception):
+                fail(i, "step", results[i])
                 continue
+            o, reward, terminated, truncated, info = results[i]
             invalid = invalid or bool(info.get("invalid_action", False))
             trajs[i].steps.append(Step(
                 prompt_ids=ids, response_ids=list(g.token_ids), logprobs=list(g.logprobs), response_text=text,

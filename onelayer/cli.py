@@ -193,7 +193,8 @@ def _train_impl(*, config=None, resume=False, quiet=False, **flags):
         before = f"base {base:.4f} -> " if base is not None else ""
         line += (f"\neval {metric} on {ev.get('num_items')} held-out items: {before}final {ev[metric]:.4f} "
                  f"({result.run_dir / 'eval.json'})")
-    typer.echo(line)
+    if trainer.dist is None or trainer.dist.is_main:  # --fsdp: one result line for the job
+        typer.echo(line)
 
 
 _train_impl.__signature__ = _train_signature()

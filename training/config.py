@@ -139,6 +139,7 @@ class TrainConfig:
     logprob_tolerance: float = _f(0.02, "Largest mean |engine - trainer| log-prob per token (nats) for use_engine_logprobs.")
     fp32_master_weights: bool = _f(True, "With a 16-bit model (--dtype bfloat16): keep the trained tensors and their optimizer state in fp32.")
     gradient_checkpointing: bool = _f(False, "Recompute the activations of the lowest trained block and those above it during backward (less memory, one more forward).")
+    fsdp: bool = _f(False, "Shard the model over the processes of a torchrun job with FSDP (full-parameter baselines on several GPUs): `torchrun --nproc-per-node N -m onelayer.cli train --fsdp ...`; num_tasks must be a multiple of N.")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -275,6 +276,10 @@ class TrainConfig:
             raise UserError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
         if self.logprob_tolerance < 0:
             raise UserError(f"logprob_tolerance must be >= 0, got {self.logprob_tolerance}")
+        if self.fsdp and (self.engine != "hf" or self.lora_rank is not None or self.lora_matched_to is not None
+                          or self.gradient_checkpointing or self.insert_layer is not None or self.also_train):
+            raise UserError("--fsdp trains decoder blocks (e.g. --layers all) with the hf engine: drop --engine, "
+                            "--lora-rank, --lora-matched-to, --gradient-checkpointing, --insert-layer and --also-train")
 
     def _validate_layer_aware(self) -> None:
         """Per-layer learning rates, the single-layer lr scale and LoRA options."""

@@ -14,6 +14,7 @@ selection alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -39,6 +40,7 @@ from onelayer.envs import env_domain
 from onelayer.errors import TrainingError, UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
+from onelayer.training import distributed as fsdp
 from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, gigpo_advantages, step_group_stats
 from onelayer.training.config import TrainConfig
 from onelayer.training.insert import insert_block
@@ -93,6 +95,7 @@ class _Row:
     response_ids: list[int]
     advantage: float
     engine_logprobs: list[float] | None = None  # the engine's sampling log-probs of response_ids
+    padding: bool = False  # FSDP: a stand-in row (no tokens count) so every rank runs as many passes
 
 
 def _load_reward_funcs(specs: list[str]):
@@ -111,6 +114,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, model=None, tokenizer=None):
         config.validate()
+        self.dist = fsdp.init_distributed(config.device, config.num_tasks) if config.fsdp else None
+        self._main = self.dist is None or self.dist.is_main  # the process that writes the run directory
         self._row_hidden: dict[int, torch.Tensor] = {}
         self._lp_pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (trainer, engine) log-probs
         self.config = config
@@ -120,10 +125,12 @@ class Trainer:
         self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self.ranked = self._resolve_ranked_specs(resume)  # a missing sweep fails before anything is written
-        self._prepare_run_dir(resume)
+        if self._main:
+            self._prepare_run_dir(resume)
         torch.manual_seed(config.seed)
         if model is None:
-            model, tokenizer, source = load_model(config.model, config.device, config.dtype)
+            model, tokenizer, source = load_model(config.model, self.dist.device if self.dist else config.device,
+                                                  config.dtype)
             self.model_source = source.describe()
         else:
             self.model_source = f"{type(model).__name__} (passed in)"
@@ -135,6 +142,9 @@ class Trainer:
         self.params = apply_selection(model, self.selection)
         if config.fp32_master_weights:
             keep_fp32_master(model, self.params)  # a bf16 model trains fp32 tensors with fp32 AdamW state
+        if self.dist is not None:  # FSDP replaces every parameter by its shard (a DTensor): select them again
+            fsdp.shard_model(model, find_decoder_blocks(model)[1])
+            self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.param_names = list(self.selection.param_names)
         self.domain = env_domain(config.env)
         self.metric = METRIC_OF_DOMAIN.get(self.domain, "success_rate")
@@ -146,7 +156,7 @@ class Trainer:
         self._check_optimizer()
         # Reference weights: the initial values of the trained tensors only (the rest never change).
         self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
-        self.lower = self._lower_stack()
+        self.lower = self._lower_stack() if self.dist is None else None
         if config.gradient_checkpointing and self.selection.lowest_layer is not None:
             checkpoint_blocks(find_decoder_blocks(model)[1], self.selection.lowest_layer)
         self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size,
@@ -159,10 +169,10 @@ class Trainer:
         self._check_prompt_fits()
         self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
         self.start_step = 0
-        self.sinks = _Sinks(config.report_to, self.run_dir, config)
+        self.sinks = _Sinks(config.report_to if self._main else [], self.run_dir, config)
         if resume:
             self._resume()
-        else:
+        elif self._main:
             self._write_config()
 
     # ------------------------------------------------------------------ setup
@@ -279,16 +289,22 @@ class Trainer:
         })
 
     def _resume(self) -> None:
-        ckpt.remove_leftovers(self.run_dir)  # temp files of writes a kill interrupted
+        if self._main:
+            ckpt.remove_leftovers(self.run_dir)  # temp files of writes a kill interrupted
+        if self.dist is not None:
+            fsdp.barrier()  # no rank reads checkpoints before rank 0 has tidied the run directory
         last, skipped = None, []
         for d in reversed(ckpt.checkpoint_dirs(self.run_dir)):  # newest first; a damaged one falls back to the one before
             problem = ckpt.checkpoint_problem(d)
             if problem is None:
                 try:
                     state = ckpt.load_state(d)
-                    ckpt.load_trained(self.model, d / ckpt.TRAINED_FILE)
-                    if self.optimizer is not None:
-                        self.optimizer.load_state_dict(torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
+                    if self.dist is not None:
+                        self._load_sharded(d)
+                    else:
+                        ckpt.load_trained(self.model, d / ckpt.TRAINED_FILE)
+                        if self.optimizer is not None:
+                            self.optimizer.load_state_dict(torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
                     last = d
                     break
                 except Exception as e:  # any unreadable file means: try the checkpoint before it
@@ -300,11 +316,14 @@ class Trainer:
                             f"{self.run_dir / 'checkpoints'} away to restart from step 0, or start a new run with another --out")
         if last is None:
             print(f"resume: {self.run_dir} has no complete checkpoint; starting from step 0", file=sys.stderr)
-            atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "")
-            self._write_config()
+            if self._main:
+                atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "")
+                self._write_config()
             return
         self._sync_engine()
         self.start_step = int(state["step"])
+        if not self._main:
+            return
         # Drop metrics of steps after the checkpoint: they will be redone identically.
         metrics = self.run_dir / ckpt.METRICS_FILE
         try:
@@ -321,6 +340,14 @@ class Trainer:
         atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, stored)
         print(f"resumed {self.run_dir} at step {self.start_step} (from {last})", file=sys.stderr)
 
+    def _load_sharded(self, d: Path) -> None:
+        """FSDP resume: every rank reads the checkpoint's full tensors and keeps its shards."""
+        from safetensors.torch import load_file
+
+        fsdp.load_full_tensors(self.model, load_file(str(d / ckpt.TRAINED_FILE)))
+        if self.optimizer is not None:
+            fsdp.load_optimizer_state(self.model, self.optimizer, torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
+
     # --------------------------------------------------------------- sampling
     def _episodes(self, step: int) -> list[EpisodeSpec]:
         c = self.config
@@ -335,10 +362,17 @@ class Trainer:
         """Collect ``num_tasks x num_generations`` episodes for ``step`` (deterministic in seed and step)."""
         c = self.config
         params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, derive_seed("sample", c.seed, step))
-        trajs = collect(self.engine, self.prompts, self.envs, self._episodes(step), params,
-                        max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
-                        parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
-                        env_factory=lambda: gym.make(c.env, **c.env_kwargs))
+        episodes, weights = self._episodes(step), contextlib.nullcontext()
+        if self.dist is not None:  # this rank's share of the groups, its own sampling stream, the full weights
+            mine = self.dist.local_groups(c.num_tasks)
+            episodes = [e for e in episodes if e.group in mine]
+            params.seed = derive_seed("sample", c.seed, step, self.dist.rank)
+            weights = fsdp.full_weights(self.model)
+        with weights:
+            trajs = collect(self.engine, self.prompts, self.envs[: len(episodes)], episodes, params,
+                            max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
+                            parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
+                            env_factory=lambda: gym.make(c.env, **c.env_kwargs))
         if self.reward_funcs:
             steps = [s for t in trajs for s in t.steps]
             prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
@@ -402,7 +436,7 @@ class Trainer:
             seq = r.prompt_ids + r.response_ids
             ids[i, : len(seq)] = torch.tensor(seq)
             attn[i, : len(seq)] = 1
-            resp[i, len(r.prompt_ids) : len(seq)] = 1.0
+            resp[i, len(r.prompt_ids) : len(seq)] = 0.0 if r.padding else 1.0
         adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None]
         return ids.to(device), attn.to(device), resp.to(device), adv.to(device)
 
@@ -424,9 +458,17 @@ class Trainer:
         ``adv`` holds one array per trajectory with one advantage per step; each step's
         response tokens get that step's advantage.
         """
+        # FSDP: the log-prob pass calls the decoder body and the (chunked) head directly, not the root
+        # module, so the root's own tensors (embeddings, final norm, head) stay gathered for the update.
+        with fsdp.root_weights(self.model) if self.dist is not None else contextlib.nullcontext():
+            return self._update(trajs, adv)
+
+    def _update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
         c = self.config
         rows = [_Row(s.prompt_ids, s.response_ids, float(a), s.logprobs) for t, a_t in zip(trajs, adv)
                 for s, a in zip(t.steps, a_t) if s.response_ids]
+        if self.dist is not None:
+            rows = self._pad_rows(rows)
         stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
                  "optimizer_steps": 0}
         if not rows:
@@ -456,8 +498,7 @@ class Trainer:
                         ref_lp[s : s + mb] = list(lp)
         if c.use_engine_logprobs:
             old_lp = self._engine_old_logprobs(rows, old_lp, stats)
-        signal_rows = any(r.advantage != 0.0 for r in rows)
-        if not signal_rows or self.optimizer is None:
+        if self._silent(rows) or self.optimizer is None:
             return self._measure_only(rows, ref_lp, stats)
 
         n_mini = 1 if c.mini_batch_size is None else (c.num_tasks * c.num_generations) // c.mini_batch_size
@@ -470,14 +511,16 @@ class Trainer:
                 mrows = [rows[i] for i in mini]
                 _, _, mresp, _ = self._batch_tensors(mrows)
                 norm = agg_norm(mresp, c.resolved_loss_agg(), c.max_new_tokens)
+                if self.dist is not None:
+                    norm = self._global_norm(mrows, mresp, norm)
                 self.optimizer.zero_grad(set_to_none=True)
-                if c.beta == 0 and all(rows[i].advantage == 0.0 for i in mini):
+                if c.beta == 0 and self._silent(mrows):
                     continue  # this mini-batch carries no signal: no optimizer step
                 for s in range(0, len(mini), mb):
                     idx = mini[s : s + mb]
                     chunk = [rows[i] for i in idx]
-                    if c.beta == 0 and all(r.advantage == 0.0 for r in chunk):
-                        continue  # contributes zero gradient; its tokens still count in `norm`
+                    if self.dist is None and c.beta == 0 and all(r.advantage == 0.0 for r in chunk):
+                        continue  # contributes zero gradient; its tokens still count in `norm` (FSDP: every rank runs every pass)
                     ids, attn, resp, a = self._batch_tensors(chunk)
                     lp, ent = self._logprobs(ids, attn, resp, idx)
                     if stats["optimizer_steps"] == 0:
@@ -491,32 +534,59 @@ class Trainer:
                             tok_loss = tok_loss + c.beta * kl
                         kl_sum += float((kl.detach() * resp).sum())
                     loss = aggregate(tok_loss, resp, norm)
-                    loss.backward()
+                    (loss * self.dist.world_size if self.dist is not None else loss).backward()  # FSDP averages over ranks
                     loss_sum += float(loss.detach())
                     token_count += float(resp.sum())
                     clip_count += float((clipped * resp).sum())
                     ent_sum += float((ent * resp).sum())
                 if c.max_grad_norm > 0:
                     gn = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+                elif self.dist is not None:
+                    gn = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
                 else:
                     gn = torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
-                grad_norms.append(float(gn))
+                grad_norms.append(float(_full(gn)))
                 before = [p.detach().clone() for p in self.params]
                 self.optimizer.step()
                 stats["optimizer_steps"] += 1
                 with torch.no_grad():
-                    sq = sum(float((p - b).pow(2).sum()) for p, b in zip(self.params, before))
+                    sq = sum(float((_local(p) - _local(b)).pow(2).sum()) for p, b in zip(self.params, before))
+                if self.dist is not None:
+                    sq = fsdp.all_reduce([sq])[0]
                 update_sq += sq
                 if sq == 0.0:
                     raise TrainingError(
                         f"the selected weights ({self.selection.describe()}) did not change after an optimizer step "
                         "with nonzero advantages: training is not happening (check lr, the layer selection and "
                         "that the loss depends on the trained parameters)")
+        if self.dist is not None:  # batch-wide sums
+            loss_sum, token_count, clip_count, ent_sum, kl_sum = fsdp.all_reduce(
+                [loss_sum, token_count, clip_count, ent_sum, kl_sum])
         stats.update(loss=loss_sum / max(c.num_iterations, 1), grad_norm=float(np.mean(grad_norms)),
                      update_norm=update_sq ** 0.5, clip_fraction=clip_count / max(token_count, 1),
                      entropy=ent_sum / max(token_count, 1), kl=kl_sum / max(token_count, 1))
         stats.update(self._logprob_mismatch().to_metrics())
         return stats
+
+    def _pad_rows(self, rows: list[_Row]) -> list[_Row]:
+        """FSDP: pad this rank's rows to the longest rank's count, so every rank runs the same forward/backward passes."""
+        most = int(fsdp.all_reduce([float(len(rows))], op="max")[0])
+        if most == 0:
+            return rows
+        like = rows[0] if rows else _Row([self.engine.pad_id], [self.engine.pad_id], 0.0)
+        return rows + [_Row(like.prompt_ids, like.response_ids, 0.0, padding=True) for _ in range(most - len(rows))]
+
+    def _silent(self, rows: list[_Row]) -> bool:
+        """No row has a nonzero advantage (under FSDP: on any rank)."""
+        signal = any(r.advantage != 0.0 for r in rows)
+        if self.dist is not None:
+            signal = fsdp.all_reduce([float(signal)])[0] > 0
+        return not signal
+
+    def _global_norm(self, rows: list[_Row], resp: torch.Tensor, norm):
+        """FSDP: the loss denominators of the whole batch, over every rank (token-mean over the global batch)."""
+        tokens, seqs = fsdp.all_reduce([float(resp.sum()), float(sum(not r.padding for r in rows))])
+        return dataclasses.replace(norm, total_tokens=max(tokens, 1.0), num_seqs=int(seqs))
 
     def _note_logprobs(self, rows: list[_Row], idx: list[int], lp: torch.Tensor) -> None:
         """Keep the trainer's log-probs of rows ``idx`` (sampling policy) beside the engine's, once per row."""
@@ -539,7 +609,7 @@ class Trainer:
     def _engine_old_logprobs(self, rows: list[_Row], old_lp: list, stats: dict) -> list:
         """The engine's log-probs as PPO's old ones when they match the trainer's within tolerance, else the trainer's."""
         m = self._logprob_mismatch()
-        usable = m.tokens > 0 and m.mean <= m.tolerance and len(self._lp_pairs) == len(rows)
+        usable = m.tokens > 0 and m.mean <= m.tolerance and len(self._lp_pairs) == sum(not r.padding for r in rows)
         stats["engine_logprobs_used"] = float(usable)
         if not usable:
             if not getattr(self, "_warned_logprobs", False):
@@ -565,6 +635,8 @@ class Trainer:
                 if self.ref_values is not None:
                     ref = _stack(ref_lp[s : s + len(chunk)], lp.shape[1])
                     kl_sum += float((kl_k3(lp, ref) * resp).sum())
+        if self.dist is not None:
+            tokens, ent_sum, kl_sum = fsdp.all_reduce([tokens, ent_sum, kl_sum])
         stats.update(entropy=ent_sum / max(tokens, 1), kl=kl_sum / max(tokens, 1))
         stats.update(self._logprob_mismatch().to_metrics())
         return stats
@@ -580,7 +652,14 @@ class Trainer:
 
     def _run_eval(self, step: int) -> dict:
         t = time.time()
-        res = self.evaluate()
+        if self.dist is None:
+            res = self.evaluate()
+        else:  # rank 0 evaluates with the full weights; the others hold their part of the gather and wait
+            with fsdp.full_weights(self.model):
+                res = self.evaluate() if self._main else None
+                fsdp.barrier()
+            if res is None:
+                return {}
         out = res.to_dict()
         out.update(step=step, env=self.config.env, model=self.config.model, layers=self.config.layers,
                    run_dir=str(self.run_dir))
@@ -609,11 +688,12 @@ class Trainer:
         old_handler = None
         with contextlib.suppress(ValueError):  # not in the main thread
             old_handler = signal.signal(signal.SIGINT, on_sigint)
-        bar = _progress(c.steps, self.start_step, progress)
+        bar = _progress(c.steps, self.start_step, progress and self._main)
         try:
             if c.eval_at_start and c.eval_size and self.start_step == 0:
                 m = self._run_eval(0)
-                append_jsonl(self.run_dir / ckpt.METRICS_FILE, {"step": 0, **m})
+                if self._main:
+                    append_jsonl(self.run_dir / ckpt.METRICS_FILE, {"step": 0, **m})
             for step in range(self.start_step + 1, c.steps + 1):
                 record = self.train_step(step)
                 last = step == c.steps
@@ -621,7 +701,8 @@ class Trainer:
                     ev = self._run_eval(step)
                     record.update(ev)
                     final_eval = ev
-                append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
+                if self._main:
+                    append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
                 self.sinks.log(record, step)
                 if last or (c.save_every and step % c.save_every == 0) or interrupted["flag"]:
                     self._save(step)
@@ -632,7 +713,14 @@ class Trainer:
                     print(f"saved checkpoint at step {step}; continue with --resume", file=sys.stderr)
                     raise SystemExit(130)
             if c.steps == 0 or self.start_step >= c.steps:
-                ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, self.model, self.param_names, {"step": self.start_step})
+                if self.dist is not None:
+                    full = fsdp.FullModel(fsdp.full_tensors(self.model, self.param_names))
+                    if self._main:
+                        ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, full, self.param_names, {"step": self.start_step})
+                else:
+                    ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, self.model, self.param_names, {"step": self.start_step})
+            if self.dist is not None:
+                fsdp.barrier()  # rank 0 has written everything the others read back below
         finally:
             if bar is not None:
                 bar.close()
@@ -657,6 +745,16 @@ class Trainer:
             opt = SimpleNamespace(state_dict=lambda: {})
         else:
             opt = self.optimizer
+        if self.dist is not None:  # every rank gathers full tensors (collectives); rank 0 writes them
+            from types import SimpleNamespace
+
+            tensors = fsdp.full_tensors(self.model, self.param_names)
+            opt_state = fsdp.full_optimizer_state(self.model, self.optimizer) if self.optimizer is not None else {}
+            if self._main:
+                ckpt.save_checkpoint(self.run_dir, step, fsdp.FullModel(tensors), self.param_names,
+                                     SimpleNamespace(state_dict=lambda: opt_state), state, self.config.save_total_limit)
+            fsdp.barrier()
+            return
         ckpt.save_checkpoint(self.run_dir, step, self.model, self.param_names, opt, state, self.config.save_total_limit)
 
     def train_step(self, step: int) -> dict:
@@ -685,7 +783,7 @@ class Trainer:
                         if all(np.all(a == 0) for t, a in zip(trajs, adv) if t.group == g))
         t2 = time.time()
         steps = [s for t in trajs for s in t.steps]
-        return {
+        record = {
             "step": step,
             "reward": float(np.mean(returns)) if returns else 0.0,
             "reward_std": float(np.std(returns)) if returns else 0.0,
@@ -707,6 +805,25 @@ class Trainer:
             "time/sampling_s": t1 - t0,
             "time/training_s": t2 - t1,
         }
+        return record if self.dist is None else self._merge_ranks(record, returns, set(stats))
+
+    def _merge_ranks(self, record: dict, returns: list[float], batch_wide: set[str]) -> dict:
+        """FSDP: one record for the step from every rank's (the update's metrics are batch-wide already)."""
+        gathered = fsdp.gather_objects((record, returns))
+        everyone = [r for _, rs in gathered for r in rs]
+        out = dict(record)
+        for k, v in record.items():
+            vals = [g[k] for g, _ in gathered if isinstance(g.get(k), (int, float))]
+            if k == "step" or k in batch_wide or not isinstance(v, (int, float)) or not vals:
+                continue
+            if k in ("no_signal_groups", "env_errors"):
+                out[k] = sum(vals)
+            elif k.startswith("time/"):
+                out[k] = max(vals)
+            else:  # every rank holds as many episodes: the mean of means is the batch mean
+                out[k] = float(np.mean(vals))
+        out.update(reward=float(np.mean(everyone)) if everyone else 0.0, reward_std=float(np.std(everyone)) if everyone else 0.0)
+        return out
 
 
 def _read_eval(path: Path, fallback: dict | None) -> dict | None:
@@ -718,6 +835,16 @@ def _read_eval(path: Path, fallback: dict | None) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         print(f"warning: {path} is damaged (not valid JSON); the next evaluation rewrites it", file=sys.stderr)
         return fallback
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP parameter (a DTensor); any other tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The full value of a DTensor (e.g. a gradient norm over shards); any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _stack(rows: list[torch.Tensor], width: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ def _c_text(r: Row) -> str:
         return ""
     if r.contribution is None:
         return "undefined (full gain too small)" if "too small" in r.note else f"- ({r.note})"
-    ci = f" [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.ci_low is not None else ""
+    ci = f" [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.ci_low is not None else (" (1 seed, no CI)" if r.n_seeds == 1 else "")
     return f"{_fmt(r.contribution)}{ci}"
 
 
@@ -143,7 +143,8 @@ def _main_table(rows: list[Row], domain: str, algo: str) -> str:
     lines = ["| target | seeds | score (mean ± sd) | C_l [95% CI] | full-RL weight change |",
              "| --- | --- | --- | --- | --- |"]
     for r in sel:
-        lines.append(f"| {r.target} | {r.n_seeds} | {r.score_mean:.4f} ± {r.score_sd:.4f} | {_c_text(r)} | "
+        score = f"{r.score_mean:.4f} ± {r.score_sd:.4f}" if r.n_seeds > 1 else f"{r.score_mean:.4f}"
+        lines.append(f"| {r.target} | {r.n_seeds} | {score} | {_c_text(r)} | "
                      f"{_fmt(r.weight_change, 4)} |")
     return "\n".join(lines)
 

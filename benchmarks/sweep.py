@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -486,6 +487,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log
             t = time.time()
             r = run_job(spec, job, sweep_dir, cache, progress=progress)
             append_result(sweep_dir, r)
+            gc.collect()  # the finished job's trainer, optimizer state and envs
             log(f"[{i}/{len(todo)}] {job.id}: {_fmt_scores(r.scores)} ({time.time() - t:.0f} s)")
     else:
         _run_ray(spec, todo, sweep_dir, log)

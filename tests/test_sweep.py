@@ -165,6 +165,7 @@ def test_sweep_trains_an_inserted_block_and_eval_reloads_it(tiny_model_dirs, tmp
     assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == r.scores["math-l1"]
 
 
+@pytest.mark.slow  # starts a local Ray instance (minutes on 2 cores); CI runs -m slow after the default suite
 def test_ray_executor_gives_the_local_results(tiny_model_dirs, tmp_path):
     pytest.importorskip("ray")
     runner = CliRunner()

@@ -87,6 +87,20 @@ def group_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]
     return uniq, owner
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the model's generation config EOS ids."""
+    eos: set[int] = set()
+    for src in (getattr(tokenizer, "eos_token_id", None),
+                getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            eos.add(src)
+        elif isinstance(src, (list, tuple)):
+            eos.update(int(x) for x in src)
+    if not eos:
+        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
+    return sorted(eos)
+
+
 class HFEngine:
     """Batched sampling with a KV cache on a transformers causal LM.
 
@@ -106,15 +120,7 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.compact_fraction = compact_fraction
-        eos = set()
-        for src in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-            if isinstance(src, int):
-                eos.add(src)
-            elif isinstance(src, (list, tuple)):
-                eos.update(int(x) for x in src)
-        if not eos:
-            raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
-        self.eos_ids = sorted(eos)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # transformers 5 renamed `past_key_values` to `cache`; accept both.
         params = inspect.signature(model.forward).parameters

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onelayer.agents.engine import Generation, SamplingParams
+from onelayer.agents.engine import Generation, SamplingParams, eos_ids
 from onelayer.agents.weight_sync import SUPPORTED_ARCHITECTURES, tensor_bytes, vllm_param_names
 from onelayer.errors import UserError
 
@@ -82,17 +82,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos: set[int] = set()
-    for src in (getattr(tokenizer, "eos_token_id", None),
-                getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(src, int):
-            eos.add(src)
-        elif isinstance(src, (list, tuple)):
-            eos.update(int(x) for x in src)
-    if not eos:
-        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
-    return sorted(eos)
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -140,7 +129,7 @@ class VLLMEngine:
                             "use the default mode colocate")
         self.model, self.tokenizer, self.mode, self.arch = model, tokenizer, mode, arch
         self.max_batch_size = max_batch_size
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.sleep_enabled = enable_sleep_mode and mode == "colocate"
         self.asleep: set[str] = set()  # parts vLLM has released: "weights", "kv_cache"

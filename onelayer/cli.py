@@ -395,11 +395,7 @@ def sweep_cmd(
         return
     run_sweep(spec, out, progress=not quiet, log=log_stderr)
     if report:
-        from onelayer.benchmarks.report import write_report
-
-        path = write_report(out)
-        typer.echo((path.parent / "summary.txt").read_text())
-        typer.echo(f"report: {path}")
+        _write_and_print_report(out)
 
 
 @app.command("compare")
@@ -424,15 +420,19 @@ def compare_cmd(
     typer.echo(f"comparison: {path}")
 
 
-@app.command("report")
-@_user_errors
-def report_cmd(sweep_dir: Path = typer.Argument(..., help="A sweep directory of `onelayer sweep`.")):
-    """Write SWEEP_DIR/report/: Markdown report, CSV/JSON of every number, PNG plots."""
+def _write_and_print_report(sweep_dir: Path) -> None:
     from onelayer.benchmarks.report import write_report
 
     path = write_report(sweep_dir)
     typer.echo((path.parent / "summary.txt").read_text())
     typer.echo(f"report: {path}")
+
+
+@app.command("report")
+@_user_errors
+def report_cmd(sweep_dir: Path = typer.Argument(..., help="A sweep directory of `onelayer sweep`.")):
+    """Write SWEEP_DIR/report/: Markdown report, CSV/JSON of every number, PNG plots."""
+    _write_and_print_report(sweep_dir)
 
 
 @app.command("export")

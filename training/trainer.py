@@ -368,11 +368,13 @@ class Trainer:
             episodes = [e for e in episodes if e.group in mine]
             params.seed = derive_seed("sample", c.seed, step, self.dist.rank)
             weights = fsdp.full_weights(self.model)
+        envs = self.envs[: len(episodes)]
         with weights:
-            trajs = collect(self.engine, self.prompts, self.envs[: len(episodes)], episodes, params,
+            trajs = collect(self.engine, self.prompts, envs, episodes, params,
                             max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
                             parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
                             env_factory=lambda: gym.make(c.env, **c.env_kwargs))
+        self.envs[: len(episodes)] = envs  # collect replaces crashed envs in the list it is given
         if self.reward_funcs:
             steps = [s for t in trajs for s in t.steps]
             prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]

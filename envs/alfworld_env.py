@@ -20,7 +20,7 @@ truncated after ``max_steps`` steps (the registered id also has a TimeLimit of
 
 ``info`` after reset and every step: ``task_id``, ``task`` (the task sentence),
 ``task_type``, ``admissible_actions`` (the engine's admissible commands,
-"help" / "look" / "inventory" included), ``won`` and ``success``,
+"help" / "look" / "inventory" included unless ``hide_commands`` drops them), ``won`` and ``success``,
 ``invalid_action`` (False at reset), ``anchor`` (the raw observation text, as
 verl-agent's GiGPO anchors), ``state_anchor`` (a SHA-1 of the true atoms of
 the engine's PDDL state: equal iff the world state is equal, whatever path led
@@ -44,6 +44,17 @@ from onelayer.errors import UserError
 BASE_CHARSET = string.printable
 
 
+def _command_set(hide_commands) -> frozenset[str]:
+    """``hide_commands`` (list or comma-separated string) as a set of stripped commands."""
+    items = hide_commands.split(",") if isinstance(hide_commands, str) else hide_commands
+    try:
+        commands = [c.strip() for c in (items or ())]
+    except (TypeError, AttributeError):
+        raise UserError(f"hide_commands must be a list of command strings (or one comma-separated string), "
+                        f"got {hide_commands!r}") from None
+    return frozenset(c for c in commands if c)
+
+
 class ALFWorldEnv(gym.Env):
     """ALFWorld (TextWorld engine) as a Gymnasium text env.
 
@@ -60,16 +71,23 @@ class ALFWorldEnv(gym.Env):
         expert: None, ``"planner"`` or ``"handcoded"``: adds ``info["expert_plan"]``
             (the planner costs a fast-downward search per step).
         max_length: longest observation/action text the spaces admit.
+        hide_commands: commands left out of ``info["admissible_actions"]`` (a list,
+            or a comma-separated string), e.g. ``["help", "look", "inventory"]``: they
+            never change the world, and verl-agent drops "help" from the list it shows
+            the agent. A hidden command sent anyway still reaches the engine and
+            counts as an invalid action.
     """
 
     metadata = {"render_modes": [], "onelayer_domain": "agentic"}
 
     def __init__(self, data_path=None, split: str = "train", task_types=None, success_reward: float = 10.0,
-                 max_steps: int = 50, expert: str | None = None, max_length: int = 8192):
+                 max_steps: int = 50, expert: str | None = None, max_length: int = 8192,
+                 hide_commands=()):
         max_steps = number_option("onelayer/ALFWorld-v0", "max_steps", max_steps)
         success_reward = number_option("onelayer/ALFWorld-v0", "success_reward", success_reward, float)
         if int(max_steps) < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
+        self.hide_commands = _command_set(hide_commands)
         self.data_path = resolve_data_path(data_path, split)
         self.split = split
         self.games: list[GameRef] = find_games(self.data_path, task_types)
@@ -136,10 +154,10 @@ class ALFWorldEnv(gym.Env):
         return state.feedback, reward, terminated, truncated, self._info(state, invalid)
 
     def _info(self, state, invalid: bool) -> dict:
-        self._admissible = state.admissible_commands
+        self._admissible = [c for c in state.admissible_commands if c not in self.hide_commands]
         info = {
             "task_id": self._game.task_id, "task": self._game.task, "task_type": self._game.task_type,
-            "admissible_actions": list(state.admissible_commands), "won": state.won, "success": state.won,
+            "admissible_actions": list(self._admissible), "won": state.won, "success": state.won,
             "invalid_action": invalid, "anchor": state.feedback, "state_anchor": state.facts_key,
             "steps": self._steps, "game_file": str(self._game.game_file),
         }

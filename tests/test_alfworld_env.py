@@ -139,6 +139,26 @@ def test_invalid_action_goes_to_the_engine_and_is_flagged(games):
     assert not info["invalid_action"] and obs != "Nothing happens."
 
 
+def test_hide_commands_leaves_them_out_of_the_list_and_flags_them_as_invalid(games):
+    plain = ALFWorldEnv(data_path=games)
+    _, info = plain.reset(options={"task_id": 0})
+    assert {"help", "look", "inventory"} <= set(info["admissible_actions"])
+    for hide in (["help", "look", "inventory"], " help, look ,inventory"):
+        env = ALFWorldEnv(data_path=games, hide_commands=hide)
+        _, hidden = env.reset(options={"task_id": 0})
+        assert hidden["admissible_actions"] == [a for a in info["admissible_actions"]
+                                                if a not in ("help", "look", "inventory")]
+    obs, _, _, _, step_info = env.step("look")  # still reaches the engine, counted invalid
+    assert step_info["invalid_action"] and obs != "Nothing happens."
+    assert "inventory" not in step_info["admissible_actions"]
+    obs, _, _, _, step_info = env.step(step_info["admissible_actions"][0])
+    assert not step_info["invalid_action"]
+    env = gym.make("onelayer/ALFWorld-v0", data_path=str(games), hide_commands=["help"])
+    assert "help" not in env.reset(seed=0)[1]["admissible_actions"]
+    with pytest.raises(UserError, match="hide_commands"):
+        ALFWorldEnv(data_path=games, hide_commands=5)
+
+
 def test_anchors_follow_the_observation_and_the_engine_state(games):
     env = ALFWorldEnv(data_path=games)
     obs, info = env.reset(options={"task_id": 0})

@@ -5,9 +5,10 @@
 The easy setting (chosen so a 135M model gets a reward signal and one 20-step run
 takes tens of minutes on 2 cores, not hours):
 
-- games: generated offline, pick-and-place and look-at-in-light tasks in rooms of 2
-  receptacles with 0-1 distractors (40 train games, 30 held-out eval games whose
-  layouts the train set does not contain), under ``OUT/games/{train,eval}``;
+- games: generated offline, the ``easy`` set (``alfworld_gen.EASY_SETS``): pick-and-place
+  and look-at-in-light tasks in rooms of 2 receptacles with 0-1 distractors (40 train
+  games, 30 held-out eval games whose layouts the train set does not contain), under
+  ``OUT/games/{train,eval}`` (the same files as the ``alfworld-gen-easy`` suite's);
 - agent: the ``choice`` action format (numbered admissible actions, the model writes
   a number after an ``<action>`` prefix, 3 new tokens), no history, 10 turns;
   "help", "look" and "inventory" are not listed (``hide_commands``);
@@ -33,8 +34,6 @@ from pathlib import Path
 from onelayer.benchmarks.machine import describe_machine
 from onelayer.io import atomic_write_json, read_jsonl
 
-GAMES = dict(task_types="1,2", min_receptacles=2, max_receptacles=2, min_distractors=0, max_distractors=1)
-TRAIN_GAMES, EVAL_GAMES = (40, 20), (30, 21)  # (n, seed)
 SETTINGS = dict(
     env="onelayer/ALFWorld-v0", action_format="choice", history_length=0, layers="middle", lr=1e-4,
     num_tasks=3, num_generations=4, max_turns=10, max_new_tokens=3, eval_size=30, eval_every=0,
@@ -45,16 +44,21 @@ SETTINGS = dict(
 HIDE_COMMANDS = ["help", "look", "inventory"]
 
 
+def _recipe(split: str) -> dict:
+    """The generator arguments of ``split`` of the ``easy`` set (the alfworld-gen-easy suite plays the same games)."""
+    from onelayer.envs.alfworld_gen import EASY_SETS
+
+    return {k: v for k, v in EASY_SETS[split].items() if k != "exclude_splits"}
+
+
 def ensure_games(root: Path) -> Path:
     """The study's train and held-out eval games under ``root`` (generated once; a set is written atomically)."""
     from onelayer.envs.alfworld_gen import MANIFEST, generate_games, read_signatures
 
-    (n, seed) = TRAIN_GAMES
     if not (root / "train" / MANIFEST).is_file():
-        generate_games(root / "train", n, seed, **GAMES)
-    (n, seed) = EVAL_GAMES
+        generate_games(root / "train", **_recipe("train"))
     if not (root / "eval" / MANIFEST).is_file():
-        generate_games(root / "eval", n, seed, exclude_signatures=read_signatures(root / "train"), **GAMES)
+        generate_games(root / "eval", exclude_signatures=read_signatures(root / "train"), **_recipe("eval"))
     return root
 
 
@@ -150,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(base, runs, args.steps)
-    summary.update(settings={**SETTINGS, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model, "games": GAMES,
-                             "train_games": TRAIN_GAMES, "eval_games": EVAL_GAMES},
+    summary.update(settings={**SETTINGS, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
+                             "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),
                    machine=describe_machine(), wall_s=time.time() - t)
     atomic_write_json(args.out / "summary.json", summary)

@@ -75,6 +75,9 @@ def _math(level: int) -> Suite:
                  description=f"procedural arithmetic, level {level}, 256 held-out items, greedy")
 
 
+# Commands the easy ALFWorld suites leave out of the numbered list (they never change the world).
+EASY_HIDDEN = ("help", "look", "inventory")
+
 SUITES: dict[str, Suite] = {s.name: s for s in [
     *(_math(level) for level in range(1, 6)),
     Suite("gsm8k", "onelayer/Math-v0", {"source": "gsm8k"}, max_new_tokens=512,
@@ -93,6 +96,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           max_turns=15, description="onelayer's generated ALFWorld eval games (30), 15 turns, greedy"),
     Suite("alfworld-gen-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "generated": True},
           max_new_tokens=48, max_turns=15, description="generated out-of-distribution games (30, bigger rooms)"),
+    Suite("alfworld-gen-easy", "onelayer/ALFWorld-v0",
+          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN)}, max_new_tokens=16, max_turns=10,
+          description="generated easy games (30: 2 receptacles, pick-and-place and look-at-in-light), 10 turns, "
+                      "help/look/inventory not listed, greedy; held out from the easy train set"),
+    Suite("alfworld-gen-easy-ood", "onelayer/ALFWorld-v0",
+          {"split": "eval_ood", "generated": "easy", "hide_commands": list(EASY_HIDDEN)}, max_new_tokens=16,
+          max_turns=10, description="generated easy task types in bigger rooms (30: 3-4 receptacles), 10 turns"),
     Suite("alfworld-eval-id", "onelayer/ALFWorld-v0", {"split": "eval", "real": True}, max_new_tokens=48,
           max_turns=50, description="ALFWorld valid_seen (140 games), 50 turns, greedy"),
     Suite("alfworld-eval-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "real": True}, max_new_tokens=48,
@@ -133,8 +143,9 @@ def env_kwargs_of(suite: Suite) -> dict:
                 f"suite {suite.name} needs the real ALFWorld games (json_2.1.1/{'valid_seen' if split == 'eval' else 'valid_unseen'}): "
                 "pip install alfworld, run `alfworld-download`, and set $ALFWORLD_DATA if not ~/.cache/alfworld")
         kw["data_path"] = str(path)
-    elif kw.pop("generated", False):
-        kw["data_path"] = str(ensure_default_games(split))
+    elif kw.get("generated"):
+        games = kw.pop("generated")
+        kw["data_path"] = str(ensure_default_games(split, "default" if games is True else games))
     return kw
 
 

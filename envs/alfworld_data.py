@@ -178,30 +178,41 @@ def cache_root() -> Path:
     return Path(base) / "onelayer"
 
 
-def default_generated_path(split: str) -> Path:
-    """Where the default generated games of ``split`` live (generated on first use, atomically)."""
-    from onelayer.envs import alfworld_gen
-
-    return cache_root() / "alfworld" / alfworld_gen.GENERATOR_VERSION / split
-
-
-def ensure_default_games(split: str) -> Path:
-    """The folder of the default generated set of ``split``, generating it first if it is not cached yet.
-
-    ``train`` and ``eval`` share room sizes and never share a game (eval
-    excludes the train layouts); ``eval_ood`` has bigger rooms than both.
-    """
+def _check_generated(split: str, games: str) -> None:
     from onelayer.envs import alfworld_gen
 
     if split not in SPLITS:
         raise UserError(f"unknown ALFWorld split {split!r}: use one of {', '.join(SPLITS)}")
-    path = default_generated_path(split)
+    if games not in alfworld_gen.GENERATED_SETS:
+        raise UserError(f"unknown generated ALFWorld set {games!r}: use one of {', '.join(alfworld_gen.GENERATED_SETS)}")
+
+
+def default_generated_path(split: str, games: str = "default") -> Path:
+    """Where the generated set ``games`` (``default`` or ``easy``) of ``split`` lives (generated on first use)."""
+    from onelayer.envs import alfworld_gen
+
+    _check_generated(split, games)
+    root = cache_root() / "alfworld" / alfworld_gen.GENERATOR_VERSION
+    return root / split if games == "default" else root / games / split
+
+
+def ensure_default_games(split: str, games: str = "default") -> Path:
+    """The folder of the generated set ``games`` of ``split``, generating it first if it is not cached yet.
+
+    ``default``: ``train`` and ``eval`` share room sizes and never share a game
+    (eval excludes the train layouts); ``eval_ood`` has bigger rooms than both.
+    ``easy``: the same, in rooms of 2 receptacles with the two shortest task
+    types (``eval_ood``: 3-4 receptacles). Recipes: ``alfworld_gen.GENERATED_SETS``.
+    """
+    from onelayer.envs import alfworld_gen
+
+    path = default_generated_path(split, games)
     if (path / alfworld_gen.MANIFEST).is_file():
         return path
-    recipe = dict(alfworld_gen.DEFAULT_SETS[split])
+    recipe = dict(alfworld_gen.GENERATED_SETS[games][split])
     exclude = set()
     for other in recipe.pop("exclude_splits", ()):
-        exclude |= alfworld_gen.read_signatures(ensure_default_games(other))
+        exclude |= alfworld_gen.read_signatures(ensure_default_games(other, games))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         alfworld_gen.generate_games(path, exclude_signatures=exclude, **recipe)
@@ -211,12 +222,13 @@ def ensure_default_games(split: str) -> Path:
         raise UserError(f"cannot write the default ALFWorld games to {path} ({e}): set ONELAYER_CACHE to a "
                         f"writable folder, or pass data_path=DIR with games from `onelayer alfworld generate`") from None
     if not (path / alfworld_gen.MANIFEST).is_file():
-        raise UserError(f"the default ALFWorld games at {path} are incomplete: remove that folder and retry")
+        raise UserError(f"the generated ALFWorld games at {path} are incomplete: remove that folder and retry")
     return path
 
 
-def resolve_data_path(data_path: str | Path | None, split: str) -> Path:
-    """The folder to play: ``data_path`` if given, else the real ALFWorld split, else the default generated set.
+def resolve_data_path(data_path: str | Path | None, split: str, generated_games: str | None = None) -> Path:
+    """The folder to play: ``data_path`` if given, else the generated set ``generated_games`` if given, else
+    the real ALFWorld split, else the default generated set.
 
     A ``data_path`` with a subfolder named after the split (``train/``, ``eval/``,
     ``eval_ood/``, as ``onelayer alfworld generate --out DIR/train`` lays them out)
@@ -226,8 +238,13 @@ def resolve_data_path(data_path: str | Path | None, split: str) -> Path:
     if split not in SPLITS:
         raise UserError(f"unknown ALFWorld split {split!r}: use one of {', '.join(SPLITS)}")
     if data_path is not None:
+        if generated_games is not None:
+            raise UserError(f"pass data_path or generated_games, not both (got {str(data_path)!r} and "
+                            f"{generated_games!r})")
         path = Path(data_path).expanduser()
         return path / split if (path / split).is_dir() else path
+    if generated_games is not None:
+        return ensure_default_games(split, generated_games)
     real = real_data_path(split)
     if real is not None:
         return real
@@ -235,6 +252,9 @@ def resolve_data_path(data_path: str | Path | None, split: str) -> Path:
 
 
 def remove_default_games(splits: Sequence[str] = SPLITS) -> None:
-    """Delete the cached default generated sets (they are regenerated on next use)."""
-    for split in splits:
-        shutil.rmtree(default_generated_path(split), ignore_errors=True)
+    """Delete the cached generated sets (``default`` and ``easy``; they are regenerated on next use)."""
+    from onelayer.envs import alfworld_gen
+
+    for games in alfworld_gen.GENERATED_SETS:
+        for split in splits:
+            shutil.rmtree(default_generated_path(split, games), ignore_errors=True)

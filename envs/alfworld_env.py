@@ -60,8 +60,12 @@ class ALFWorldEnv(gym.Env):
 
     Args:
         data_path: a folder of ALFWorld-format games (real or generated). None:
-            the real ALFWorld split under ``$ALFWORLD_DATA`` if downloaded, else
-            the default generated set (cached, see ``alfworld_data``).
+            the generated set ``generated_games`` if given, else the real ALFWorld
+            split under ``$ALFWORLD_DATA`` if downloaded, else the default
+            generated set (cached, see ``alfworld_data``).
+        generated_games: ``"default"`` or ``"easy"`` (rooms of 2 receptacles, the two
+            shortest task types): play that generated set even when the real
+            games are downloaded. Not with ``data_path``.
         split: ``train``, ``eval`` (in distribution: ALFWorld's valid_seen) or
             ``eval_ood`` (valid_unseen); with a ``data_path``, it picks the
             ``data_path/<split>`` subfolder when there is one.
@@ -82,13 +86,13 @@ class ALFWorldEnv(gym.Env):
 
     def __init__(self, data_path=None, split: str = "train", task_types=None, success_reward: float = 10.0,
                  max_steps: int = 50, expert: str | None = None, max_length: int = 8192,
-                 hide_commands=()):
+                 hide_commands=(), generated_games: str | None = None):
         max_steps = number_option("onelayer/ALFWorld-v0", "max_steps", max_steps)
         success_reward = number_option("onelayer/ALFWorld-v0", "success_reward", success_reward, float)
         if int(max_steps) < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
         self.hide_commands = _command_set(hide_commands)
-        self.data_path = resolve_data_path(data_path, split)
+        self.data_path = resolve_data_path(data_path, split, generated_games)
         self.split = split
         self.games: list[GameRef] = find_games(self.data_path, task_types)
         self._index = {g.task_id: i for i, g in enumerate(self.games)}

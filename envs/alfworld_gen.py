@@ -55,6 +55,16 @@ DEFAULT_SETS: dict[str, dict] = {
     "eval": dict(n=30, seed=1, exclude_splits=("train",)),
     "eval_ood": dict(n=30, seed=2, min_receptacles=5, max_receptacles=7, min_distractors=3, max_distractors=5),
 }
+# Small rooms and the two shortest task types, where a 135M model's random-ish play wins sometimes (the
+# CPU learning study and the cpu-agentic preset; benchmarks/alfworld_learning.py has the numbers).
+_EASY = dict(task_types="1,2", min_receptacles=2, max_receptacles=2, min_distractors=0, max_distractors=1)
+EASY_SETS: dict[str, dict] = {
+    "train": dict(n=40, seed=20, **_EASY),
+    "eval": dict(n=30, seed=21, exclude_splits=("train",), **_EASY),
+    "eval_ood": dict(n=30, seed=22, **{**_EASY, "min_receptacles": 3, "max_receptacles": 4,
+                                       "min_distractors": 1, "max_distractors": 2}),
+}
+GENERATED_SETS: dict[str, dict[str, dict]] = {"default": DEFAULT_SETS, "easy": EASY_SETS}
 
 # Room types: the receptacles and the portable objects of each (ALFRED's classes).
 ROOMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -168,3 +168,33 @@ def test_default_train_and_eval_sets_never_share_a_game(tmp_path, monkeypatch):
     assert len(find_games(train)) == alfworld_gen.DEFAULT_SETS["train"]["n"]
     assert len(find_games(evals)) == alfworld_gen.DEFAULT_SETS["eval"]["n"]
     assert not read_signatures(train) & read_signatures(evals)
+
+
+def test_easy_generated_set_is_cached_apart_held_out_and_played_by_name(tmp_path, monkeypatch):
+    from onelayer.benchmarks.suites import env_kwargs_of, get_suite
+    from onelayer.envs import alfworld_data
+    from onelayer.envs.alfworld_env import ALFWorldEnv
+
+    monkeypatch.setenv("ONELAYER_CACHE", str(tmp_path))
+    for split, n in (("train", 4), ("eval", 3), ("eval_ood", 2)):
+        monkeypatch.setitem(alfworld_gen.EASY_SETS, split, {**alfworld_gen.EASY_SETS[split], "n": n})
+    train = alfworld_data.ensure_default_games("train", "easy")
+    evals = alfworld_data.ensure_default_games("eval", "easy")
+    assert train != alfworld_data.default_generated_path("train") and train.parent.name == "easy"
+    assert not read_signatures(train) & read_signatures(evals)
+    manifest = json.loads((evals / alfworld_gen.MANIFEST).read_text())
+    assert manifest["size"]["max_receptacles"] == 2 and manifest["seed"] == 21
+    assert set(manifest["task_types"]) == {"pick_and_place_simple", "look_at_obj_in_light"}
+    monkeypatch.setattr(alfworld_data, "real_data_path", lambda split: tmp_path)  # real games "downloaded"
+    env = ALFWorldEnv(split="eval", generated_games="easy")
+    assert env.data_path == evals and env.num_tasks == 3
+    kw = env_kwargs_of(get_suite("alfworld-gen-easy"))
+    assert kw == {"data_path": str(evals), "hide_commands": ["help", "look", "inventory"]}
+    assert "help" not in ALFWorldEnv(**kw).reset(seed=0)[1]["admissible_actions"]
+    ood = json.loads((Path(env_kwargs_of(get_suite("alfworld-gen-easy-ood"))["data_path"])
+                      / alfworld_gen.MANIFEST).read_text())
+    assert ood["size"]["max_receptacles"] == 4
+    with pytest.raises(UserError, match="unknown generated ALFWorld set 'hard'"):
+        ALFWorldEnv(generated_games="hard")
+    with pytest.raises(UserError, match="not both"):
+        ALFWorldEnv(data_path=train, generated_games="easy")

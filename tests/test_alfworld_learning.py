@@ -3,12 +3,12 @@
 import json
 
 from onelayer.benchmarks import alfworld_learning as study
-from onelayer.envs.alfworld_gen import read_signatures
+from onelayer.envs.alfworld_gen import EASY_SETS, read_signatures
 
 
 def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(study, "TRAIN_GAMES", (3, 20))
-    monkeypatch.setattr(study, "EVAL_GAMES", (2, 21))
+    monkeypatch.setitem(EASY_SETS, "train", {**EASY_SETS["train"], "n": 3})
+    monkeypatch.setitem(EASY_SETS, "eval", {**EASY_SETS["eval"], "n": 2})
     monkeypatch.setitem(study.SETTINGS, "eval_size", 2)
     monkeypatch.setitem(study.SETTINGS, "num_tasks", 1)
     monkeypatch.setitem(study.SETTINGS, "max_turns", 2)
@@ -24,6 +24,7 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert 0 <= summary["base"]["eval_success_rate"] <= 1
     config = json.loads((out / "runs" / "gigpo-s1" / "config.json").read_text())["config"]
     assert config["action_format"] == "choice" and config["seed"] == 1 and config["env_kwargs"]["data_path"] == str(games)
+    assert config["env_kwargs"]["hide_commands"] == ["help", "look", "inventory"]
     assert "| gigpo-s0 |" in capsys.readouterr().out
     lines = (out / "runs" / "gigpo-s0" / "metrics.jsonl").read_text()
     assert study.main(args) == 0  # a rerun reuses finished runs

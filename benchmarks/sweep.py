@@ -556,9 +556,14 @@ PRESETS: dict[str, dict] = {
     "cpu-code": dict(
         domains=["code"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
         train={"num_tasks": 4, "num_generations": 4, "max_new_tokens": 192}),
+    # The learning study's setting (benchmarks/alfworld_learning.py): easy generated games, numbered actions. In
+    # verl-agent's text format the 135M model never names an admissible action, so every reward is 0.
     "cpu-agentic": dict(
-        domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
-        train={"num_tasks": 2, "num_generations": 4, "max_turns": 15, "max_new_tokens": 32}),
+        domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
+        suites={"agentic": ["alfworld-gen-easy"]},
+        train={"agentic": {"env_kwargs": {"generated_games": "easy", "hide_commands": ["help", "look", "inventory"]},
+                           "action_format": "choice", "history_length": 0, "max_turns": 10, "max_new_tokens": 3,
+                           "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),
     # The paper's setups (MISSION.md): every layer, full-parameter lr 5e-6 shared by all jobs.
     "gpu-qwen3-1.7b-math-grpo": dict(
         model="Qwen/Qwen3-1.7B-Base", domains=["math"], algos=["grpo"], layers="all", seeds=[0, 1, 2], steps=200,

@@ -14,10 +14,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from onelayer.benchmarks.sweep import SweepSpec, plan_jobs
+from onelayer.benchmarks.suites import get_suite
+from onelayer.benchmarks.sweep import (
+    PRESETS,
+    SweepSpec,
+    job_train_config,
+    plan_jobs,
+    preset_spec,
+    validate_spec,
+)
 from onelayer.benchmarks.sweep_results import load_results
 from onelayer.cli import _parse_seeds, app
 from onelayer.errors import UserError
+from onelayer.training.config import TrainConfig
 
 TESTS = Path(__file__).parent
 # A reward that varies on a random tiny model, so every training job really updates its weights.
@@ -244,3 +253,17 @@ def test_compare_runs_each_layer_aware_method_on_unused_seeds(tiny_model_dirs, t
     for m in ("full", "only-top2", "lora-matched"):
         assert f"| {m} |" in table
     assert "undefined (full gain too small)" in table  # accuracy stays 0 on a random tiny model
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("cpu-")])
+def test_cpu_presets_give_valid_job_configs(name, tmp_path):
+    spec = SweepSpec.from_dict(preset_spec(name))
+    validate_spec(spec)
+    for job in plan_jobs(spec, num_layers=30):
+        if job.method != "base":
+            cfg = job_train_config(spec, job, tmp_path / "run")
+            assert cfg.lr == (spec.lr or TrainConfig.lr) and cfg.steps == spec.steps
+    if name == "cpu-agentic":  # the learning study's setting: easy games, numbered actions, the matching suite
+        assert spec.domain_suites("agentic") == ["alfworld-gen-easy"]
+        assert cfg.action_format == "choice" and cfg.env_kwargs["generated_games"] == "easy"
+        assert cfg.env_kwargs["hide_commands"] == list(get_suite("alfworld-gen-easy").env_kwargs["hide_commands"])

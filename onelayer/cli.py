@@ -408,6 +408,8 @@ def compare_cmd(
     domains: Optional[str] = typer.Option(None, "--domains", help="Domains to compare on (default: the sweep's)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 10,11,12 lists them (default: 3 seeds the sweep did not use)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per job (default: the sweep's)."),
+    rank_domain: Optional[str] = typer.Option(None, "--rank-domain", help="Rank layers by this domain of the sweep (default: each compared domain's own)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Take algorithm, budget, lr, train options, suites and domains from this sweep preset (e.g. cpu-agentic with --rank-domain math)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
 ):
     """Layer-aware methods (Only-Bk, Boost-Bk, Mid-k, LoRA-matched) vs full RL on the same data, budget and seeds."""
@@ -415,7 +417,8 @@ def compare_cmd(
 
     path = run_compare(sweep, parse_methods(methods), out,
                        domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
-                       seeds=_parse_seeds(seeds) if seeds else None, steps=steps, progress=not quiet)
+                       seeds=_parse_seeds(seeds) if seeds else None, steps=steps, progress=not quiet,
+                       rank_domain=rank_domain, preset=preset)
     typer.echo((path.parent / "summary.txt").read_text())
     typer.echo(f"comparison: {path}")
 

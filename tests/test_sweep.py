@@ -209,23 +209,28 @@ def test_bad_sweep_options_fail_before_any_work(tmp_path):
     assert not (tmp_path / "bad" / "results.jsonl").exists()
 
 
-def test_compare_runs_each_layer_aware_method_on_unused_seeds(tiny_model_dirs, tmp_path):
+def _hand_built_sweep(path: Path, model: str, domain: str = "math", scores=None) -> Path:
+    """A sweep directory with results written by hand: base 0.2, full 0.6, layers 0-3 scored ``scores``."""
     import dataclasses
 
     from onelayer.benchmarks.sweep_results import JobResult, append_result
 
-    sweep = tmp_path / "ranked"
-    sweep.mkdir()
-    spec = SweepSpec(model=str(tiny_model_dirs["qwen3"]), domains=["math"], algos=["grpo"], layers="0-3",
-                     seeds=[0, 1], steps=2, eval_items=3, train=json.loads(TRAIN))
-    (sweep / "sweep.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "identity": spec.identity(),
-                                                  "all": {"seeds": [0, 1]}, "num_layers": 4}))
-    append_result(sweep, JobResult("math/base", "math", -1, "base", "none", None, "none", 0.2, {"math-l1": 0.2}))
+    path.mkdir()
+    spec = SweepSpec(model=model, domains=[domain], algos=["grpo"], layers="0-3", seeds=[0, 1], steps=2,
+                     eval_items=3, train=json.loads(TRAIN))
+    (path / "sweep.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "identity": spec.identity(),
+                                                 "all": {"seeds": [0, 1]}, "num_layers": 4}))
+    append_result(path, JobResult(f"{domain}/base", domain, -1, "base", "none", None, "none", 0.2, {}))
     for s in (0, 1):
-        append_result(sweep, JobResult(f"math/grpo/s{s}/full", "math", s, "full", "all", None, "grpo", 0.6, {}))
-        for layer, score in {0: 0.3, 1: 0.5, 2: 0.55, 3: 0.25}.items():
-            append_result(sweep, JobResult(f"math/grpo/s{s}/layer-{layer}", "math", s, "layer", str(layer), layer,
-                                           "grpo", score, {}))
+        append_result(path, JobResult(f"{domain}/grpo/s{s}/full", domain, s, "full", "all", None, "grpo", 0.6, {}))
+        for layer, score in (scores or {0: 0.3, 1: 0.5, 2: 0.55, 3: 0.25}).items():
+            append_result(path, JobResult(f"{domain}/grpo/s{s}/layer-{layer}", domain, s, "layer", str(layer), layer,
+                                          "grpo", score, {}))
+    return path
+
+
+def test_compare_runs_each_layer_aware_method_on_unused_seeds(tiny_model_dirs, tmp_path):
+    sweep = _hand_built_sweep(tmp_path / "ranked", str(tiny_model_dirs["qwen3"]))
     out = tmp_path / "cmp"
     res = CliRunner().invoke(app, ["compare", "--sweep", str(sweep), "--out", str(out), "--quiet", "--seeds", "2,",
                                    # lora-matched first: the jobs after it share the model it injected adapters into
@@ -253,6 +258,38 @@ def test_compare_runs_each_layer_aware_method_on_unused_seeds(tiny_model_dirs, t
     for m in ("full", "only-top2", "lora-matched"):
         assert f"| {m} |" in table
     assert "undefined (full gain too small)" in table  # accuracy stays 0 on a random tiny model
+
+
+def test_compare_ranks_by_another_domain_and_takes_a_presets_settings(tiny_model_dirs, tmp_path):
+    from onelayer.benchmarks.compare import plan_compare
+
+    code_sweep = _hand_built_sweep(tmp_path / "code", str(tiny_model_dirs["qwen3"]), "code",
+                                   {0: 0.55, 1: 0.3, 2: 0.25, 3: 0.5})
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--sweep", str(code_sweep), "--out", str(out), "--quiet", "--seeds", "2,",
+                                   "--domains", "math", "--rank-domain", "code", "--methods", "only-top1,only-bottom1"])
+    assert res.exit_code == 0, res.output
+    got = _results(out)
+    sel = {m: json.loads((Path(got[f"math/grpo/s2/{m}"].run_dir) / "config.json").read_text())["selection"]
+           for m in ("only-top1", "only-bottom1")}
+    assert sel["only-top1"]["layer_indices"] == [0] and sel["only-bottom1"]["layer_indices"] == [2]  # code's ranking
+    assert f"Ranking: {code_sweep}, domain code" in (out / "compare.md").read_text()
+    res = CliRunner().invoke(app, ["compare", "--sweep", str(code_sweep), "--out", str(tmp_path / "x"),
+                                   "--rank-domain", "agentic"])
+    assert res.exit_code == 2 and "--rank-domain agentic" in res.output and "code" in res.output
+    res = CliRunner().invoke(app, ["compare", "--sweep", str(code_sweep), "--out", str(tmp_path / "x"),
+                                   "--preset", "cpu-agentic"])
+    assert res.exit_code == 2 and "a ranking only holds for its model" in res.output
+    # A sweep of the default model: the preset's settings train the compared domain, the math ranking picks layers.
+    math_sweep = _hand_built_sweep(tmp_path / "math", "smollm2-135m")
+    spec, jobs = plan_compare(math_sweep, ["full", "only-top2", "mid2"], seeds=[5], rank_domain="math",
+                              preset="cpu-agentic", log=lambda m: None)
+    agentic = SweepSpec.from_dict(preset_spec("cpu-agentic"))
+    assert spec.domains == ["agentic"] and spec.algos == ["gigpo"] and spec.lr == agentic.lr
+    assert spec.train == agentic.train and spec.domain_suites("agentic") == ["alfworld-gen-easy"]
+    top = next(j for j in jobs if j.method == "only-top2")
+    cfg = job_train_config(spec, top, tmp_path / "run")
+    assert cfg.rank_domain == "math" and cfg.action_format == "choice" and cfg.layers == f"top:2@{math_sweep}"
 
 
 @pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("cpu-")])

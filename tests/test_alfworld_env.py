@@ -260,9 +260,9 @@ def test_real_alfworld_layout_is_used_when_downloaded(games, tmp_path, monkeypat
 def test_default_generated_splits_are_cached_and_disjoint(tmp_path, monkeypatch):
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "no_alfworld_here"))
     monkeypatch.setenv("ONELAYER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(alfworld_gen, "DEFAULT_SETS", {
-        "train": dict(n=6, seed=0), "eval": dict(n=6, seed=1, exclude_splits=("train",)),
-        "eval_ood": dict(n=2, seed=2, min_receptacles=5, max_receptacles=5)})
+    for split, recipe in {"train": dict(n=6, seed=0), "eval": dict(n=6, seed=1, exclude_splits=("train",)),
+                          "eval_ood": dict(n=2, seed=2, min_receptacles=5, max_receptacles=5)}.items():
+        monkeypatch.setitem(alfworld_gen.DEFAULT_SETS, split, recipe)
     train = ALFWorldEnv()
     evals = ALFWorldEnv(split="eval")
     assert train.data_path == tmp_path / "cache" / "alfworld" / alfworld_gen.GENERATOR_VERSION / "train"

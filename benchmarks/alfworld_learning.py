@@ -26,6 +26,7 @@ sample standard deviation over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -72,15 +73,23 @@ def final_eval(metrics: list[dict], steps: int) -> float | None:
     return done[-1] if done else None
 
 
-def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int, algo: str) -> list[dict]:
+def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int, algo: str,
+            lr: float | None = None) -> list[dict]:
     """Train (or, with ``steps=0``, only evaluate) one run, resuming it when interrupted; its metrics."""
+    from onelayer.errors import UserError
     from onelayer.training.config import TrainConfig
     from onelayer.training.trainer import Trainer
 
     run_dir = out / "runs" / name
+    settings = {**SETTINGS, "lr": SETTINGS["lr"] if lr is None else lr}
+    if steps and (run_dir / "config.json").is_file():
+        done_lr = json.loads((run_dir / "config.json").read_text())["config"]["lr"]
+        if done_lr != settings["lr"]:
+            raise UserError(f"{run_dir} was trained with lr {done_lr}, not {settings['lr']}: use another --out")
     if final_eval(_metrics(run_dir), steps) is None:
         cfg = TrainConfig(model=model, algo=algo, steps=steps, seed=seed, eval_at_start=steps == 0,
-                          env_kwargs={"data_path": str(games), "hide_commands": HIDE_COMMANDS}, out=str(run_dir), **SETTINGS)
+                          env_kwargs={"data_path": str(games), "hide_commands": HIDE_COMMANDS}, out=str(run_dir),
+                          **settings)
         resume = (run_dir / "config.json").is_file()
         print(f"{'resuming' if resume else 'running'} {name}", file=sys.stderr, flush=True)
         Trainer(cfg, resume=resume).train(progress=sys.stderr.isatty())
@@ -130,17 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", default="gigpo,grpo")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--lr", type=float, default=SETTINGS["lr"], help="Learning rate of the trained layer.")
     args = p.parse_args(argv)
     from onelayer.errors import UserError
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-        if args.steps < 1 or not seeds or not algos:
+        if args.steps < 1 or not seeds or not algos or not args.lr > 0:
             raise ValueError
     except ValueError:
-        print(f"error: --seeds must list integers, --algos names and --steps be >= 1 (got {args.seeds!r}, "
-              f"{args.algos!r}, {args.steps})", file=sys.stderr)
+        print(f"error: --seeds must list integers, --algos names, --steps be >= 1 and --lr > 0 (got "
+              f"{args.seeds!r}, {args.algos!r}, {args.steps}, {args.lr})", file=sys.stderr)
         return 2
     t = time.time()
     try:
@@ -149,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = {a: {} for a in algos}
         for s in seeds:  # seed-major, so an interrupted study already compares the algorithms
             for a in algos:
-                runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a)
+                runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(base, runs, args.steps)
-    summary.update(settings={**SETTINGS, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
+    summary.update(settings={**SETTINGS, "lr": args.lr, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
                              "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),
                    machine=describe_machine(), wall_s=time.time() - t)

@@ -30,3 +30,6 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert study.main(args) == 0  # a rerun reuses finished runs
     assert (out / "runs" / "gigpo-s0" / "metrics.jsonl").read_text() == lines
     assert study.main(["--out", str(out), "--seeds", "x"]) == 2
+    assert study.main(["--out", str(out), "--lr", "0"]) == 2
+    assert study.main([*args, "--lr", "1e-3"]) == 2  # finished runs of another lr are not mixed in
+    assert "trained with lr 0.0001" in capsys.readouterr().err

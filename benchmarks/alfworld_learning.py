@@ -12,15 +12,18 @@ takes tens of minutes on 2 cores, not hours):
 - agent: the ``choice`` action format (numbered admissible actions, the model writes
   a number after an ``<action>`` prefix, 3 new tokens), no history, 10 turns;
   "help", "look" and "inventory" are not listed (``hide_commands``);
-- training: the middle layer, lr 1e-4, 3 games x 4 samples per step, 20 steps;
-- evaluation: greedy on the 30 held-out games, for the base model once and for
-  every run at its last step (``eval/success_rate``).
+- training: the middle layer, lr 1e-4 (``--lr``), 3 games x 4 samples per step, 20 steps;
+- evaluation: greedy on the 30 held-out games, for every run at its last step
+  (``eval/success_rate``) and for the base model once per seed: the eval lists each
+  state's actions in an order drawn from the run's seed, and that order alone moves
+  a greedy score, so a run is compared with the base model on its own seed's order.
 
-Every run is an ordinary run directory under ``OUT/runs`` (``base``, ``ALGO-sSEED``);
-rerunning the command skips finished runs and resumes interrupted ones. It prints a
-table and writes ``OUT/summary.json``: the base score, each run's held-out success
-and training success (first and last 5 steps), and per algorithm the mean and
-sample standard deviation over seeds.
+Every run is an ordinary run directory under ``OUT/runs`` (``base-sSEED``,
+``ALGO-sSEED``); rerunning the command skips finished runs and resumes interrupted
+ones. It prints a table and writes ``OUT/summary.json``: the base score per seed and
+their mean, each run's held-out success, its gain over the same seed's base and its
+training success (first and last 5 steps), and per algorithm the mean and sample
+standard deviation over seeds of the score and of the gain.
 """
 
 from __future__ import annotations
@@ -96,40 +99,53 @@ def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int
     return _metrics(run_dir)
 
 
-def summarize(base: list[dict], runs: dict[str, dict[int, list[dict]]], steps: int) -> dict:
-    """Held-out success per run and per algorithm (mean, sample sd over seeds), plus training success."""
-    out = {"base": {"eval_success_rate": base[-1]["eval/success_rate"]}, "runs": {}, "algos": {}}
+def summarize(bases: dict[int, list[dict]], runs: dict[str, dict[int, list[dict]]], steps: int) -> dict:
+    """Held-out success per run, its gain over the base model on the same seed's eval, and per algorithm
+    the mean and sample sd over seeds of both; plus training success (first and last 5 steps)."""
+    base_scores = {seed: metrics[-1]["eval/success_rate"] for seed, metrics in sorted(bases.items())}
+    out = {"base": {"eval_success_rate": statistics.fmean(base_scores.values()),
+                    "by_seed": {str(seed): v for seed, v in base_scores.items()}}, "runs": {}, "algos": {}}
     for algo, by_seed in runs.items():
-        scores = []
+        scores, gains = [], []
         for seed, metrics in sorted(by_seed.items()):
             train = [m["success_rate"] for m in metrics if "success_rate" in m]
             final = final_eval(metrics, steps)
-            rec = {"algo": algo, "seed": seed, "eval_success_rate": final,
+            gain = None if final is None else final - base_scores[seed]
+            rec = {"algo": algo, "seed": seed, "eval_success_rate": final, "base_eval_success_rate": base_scores[seed],
+                   "gain": gain,
                    "train_success_first5": statistics.fmean(train[:5]) if train else None,
                    "train_success_last5": statistics.fmean(train[-5:]) if train else None,
                    "train_time_s": sum(m.get("time/sampling_s", 0) + m.get("time/training_s", 0) for m in metrics)}
             out["runs"][f"{algo}-s{seed}"] = rec
             if final is not None:
                 scores.append(final)
+                gains.append(gain)
         out["algos"][algo] = {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
-                              "sd": statistics.stdev(scores) if len(scores) > 1 else None}
+                              "sd": statistics.stdev(scores) if len(scores) > 1 else None,
+                              "gain_mean": statistics.fmean(gains) if gains else None,
+                              "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
     return out
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _fmt(v: float | None, sign: str = "") -> str:
+    return "-" if v is None else f"{v:{sign}.3f}"
 
 
 def print_table(summary: dict) -> None:
-    print("| run | held-out success (greedy, 30 games) | train success, steps 1-5 | last 5 steps | train time (s) |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| base | {summary['base']['eval_success_rate']:.3f} | | | |")
+    print("| run | held-out success (greedy, 30 games) | base, same eval order | gain | "
+          "train success, steps 1-5 | last 5 steps | train time (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for seed, v in summary["base"]["by_seed"].items():
+        print(f"| base-s{seed} | {v:.3f} | | | | | |")
     for name, r in summary["runs"].items():
-        print(f"| {name} | {_fmt(r['eval_success_rate'])} | {_fmt(r['train_success_first5'])} | "
-              f"{_fmt(r['train_success_last5'])} | {r['train_time_s']:.0f} |")
+        print(f"| {name} | {_fmt(r['eval_success_rate'])} | {_fmt(r['base_eval_success_rate'])} | "
+              f"{_fmt(r['gain'], '+')} | {_fmt(r['train_success_first5'])} | {_fmt(r['train_success_last5'])} | "
+              f"{r['train_time_s']:.0f} |")
     for algo, a in summary["algos"].items():
         sd = "" if a["sd"] is None else f" ± {a['sd']:.3f}"
-        print(f"{algo}: {_fmt(a['mean'])}{sd} over {a['seeds']} seed(s)")
+        gsd = "" if a["gain_sd"] is None else f" ± {a['gain_sd']:.3f}"
+        print(f"{algo}: {_fmt(a['mean'])}{sd}, gain over base {_fmt(a['gain_mean'], '+')}{gsd} "
+              f"over {a['seeds']} seed(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,15 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     try:
         games = ensure_games(args.out / "games")
-        base = run_one(args.out, "base", args.model, games, 0, 0, algos[0])
-        runs = {a: {} for a in algos}
+        # The held-out eval lists each state's actions in an order drawn from the run's seed, so the base model
+        # is evaluated once per seed and every run is compared with the base on its own seed's order.
+        bases, runs = {}, {a: {} for a in algos}
         for s in seeds:  # seed-major, so an interrupted study already compares the algorithms
+            bases[s] = run_one(args.out, f"base-s{s}", args.model, games, 0, s, algos[0])
             for a in algos:
                 runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = summarize(base, runs, args.steps)
+    summary = summarize(bases, runs, args.steps)
     summary.update(settings={**SETTINGS, "lr": args.lr, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
                              "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),

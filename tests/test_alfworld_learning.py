@@ -21,7 +21,11 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"gigpo-s0", "gigpo-s1"}
     assert summary["algos"]["gigpo"]["seeds"] == 2 and summary["algos"]["gigpo"]["sd"] is not None
-    assert 0 <= summary["base"]["eval_success_rate"] <= 1
+    assert set(summary["base"]["by_seed"]) == {"0", "1"} and 0 <= summary["base"]["eval_success_rate"] <= 1
+    run = summary["runs"]["gigpo-s1"]
+    assert run["base_eval_success_rate"] == summary["base"]["by_seed"]["1"]
+    assert run["gain"] == run["eval_success_rate"] - run["base_eval_success_rate"]
+    assert json.loads((out / "runs" / "base-s1" / "config.json").read_text())["config"]["seed"] == 1
     config = json.loads((out / "runs" / "gigpo-s1" / "config.json").read_text())["config"]
     assert config["action_format"] == "choice" and config["seed"] == 1 and config["env_kwargs"]["data_path"] == str(games)
     assert config["env_kwargs"]["hide_commands"] == ["help", "look", "inventory"]

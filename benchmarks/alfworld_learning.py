@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from onelayer.benchmarks.machine import describe_machine
+from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.io import atomic_write_json, read_jsonl
 
 SETTINGS = dict(
@@ -45,7 +46,7 @@ SETTINGS = dict(
 )
 # Commands that never change the world; left out of the numbered list (verl-agent drops "help"). With them
 # listed, uniform random actions win 7.5% of these games within 10 turns; without, 20%.
-HIDE_COMMANDS = ["help", "look", "inventory"]
+HIDE_COMMANDS = list(EASY_HIDDEN_COMMANDS)
 
 
 def _recipe(split: str) -> dict:

@@ -25,6 +25,7 @@ from onelayer.agents.engine import RolloutEngine
 from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.envs import env_domain
+from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.errors import UserError
 
 
@@ -75,9 +76,6 @@ def _math(level: int) -> Suite:
                  description=f"procedural arithmetic, level {level}, 256 held-out items, greedy")
 
 
-# Commands the easy ALFWorld suites leave out of the numbered list (they never change the world).
-EASY_HIDDEN = ("help", "look", "inventory")
-
 SUITES: dict[str, Suite] = {s.name: s for s in [
     *(_math(level) for level in range(1, 6)),
     Suite("gsm8k", "onelayer/Math-v0", {"source": "gsm8k"}, max_new_tokens=512,
@@ -97,11 +95,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("alfworld-gen-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "generated": True},
           max_new_tokens=48, max_turns=15, description="generated out-of-distribution games (30, bigger rooms)"),
     Suite("alfworld-gen-easy", "onelayer/ALFWorld-v0",
-          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN)}, max_new_tokens=16, max_turns=10,
+          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16, max_turns=10,
           description="generated easy games (30: 2 receptacles, pick-and-place and look-at-in-light), 10 turns, "
                       "help/look/inventory not listed, greedy; held out from the easy train set"),
     Suite("alfworld-gen-easy-ood", "onelayer/ALFWorld-v0",
-          {"split": "eval_ood", "generated": "easy", "hide_commands": list(EASY_HIDDEN)}, max_new_tokens=16,
+          {"split": "eval_ood", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16,
           max_turns=10, description="generated easy task types in bigger rooms (30: 3-4 receptacles), 10 turns"),
     Suite("alfworld-eval-id", "onelayer/ALFWorld-v0", {"split": "eval", "real": True}, max_new_tokens=48,
           max_turns=50, description="ALFWorld valid_seen (140 games), 50 turns, greedy"),

@@ -38,6 +38,7 @@ import torch
 from onelayer.benchmarks.suites import DEFAULT_SUITE, SUITES, get_suite, run_suites
 from onelayer.benchmarks.sweep_results import JobResult, append_result, load_results, results_path
 from onelayer.envs import check_env_id, env_domain
+from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json
 
@@ -561,7 +562,7 @@ PRESETS: dict[str, dict] = {
     "cpu-agentic": dict(
         domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
         suites={"agentic": ["alfworld-gen-easy"]},
-        train={"agentic": {"env_kwargs": {"generated_games": "easy", "hide_commands": ["help", "look", "inventory"]},
+        train={"agentic": {"env_kwargs": {"generated_games": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)},
                            "action_format": "choice", "history_length": 0, "max_turns": 10, "max_new_tokens": 3,
                            "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),
     # The paper's setups (MISSION.md): every layer, full-parameter lr 5e-6 shared by all jobs.

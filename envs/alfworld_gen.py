@@ -64,6 +64,8 @@ EASY_SETS: dict[str, dict] = {
     "eval_ood": dict(n=30, seed=22, **{**_EASY, "min_receptacles": 3, "max_receptacles": 4,
                                        "min_distractors": 1, "max_distractors": 2}),
 }
+# Commands the easy setting leaves out of the agent's list (``hide_commands``): they never change the world.
+EASY_HIDDEN_COMMANDS = ("help", "look", "inventory")
 GENERATED_SETS: dict[str, dict[str, dict]] = {"default": DEFAULT_SETS, "easy": EASY_SETS}
 
 # Room types: the receptacles and the portable objects of each (ALFRED's classes).

@@ -16,7 +16,10 @@ takes tens of minutes on 2 cores, not hours):
 - evaluation: greedy on the 30 held-out games, for every run at its last step
   (``eval/success_rate``) and for the base model once per seed: the eval lists each
   state's actions in an order drawn from the run's seed, and that order alone moves
-  a greedy score, so a run is compared with the base model on its own seed's order.
+  a greedy score, so a run is compared with the base model on its own seed's order;
+  and (``--eval-orders K``, default 4) over K greedy passes in K action orders that
+  are the same for every run and the base model (30 x K episodes: one order's noise
+  averages out; ``OUT/runs/*/eval_orders.json``, summary key ``eval_orders``).
 
 Every run is an ordinary run directory under ``OUT/runs`` (``base-sSEED``,
 ``ALGO-sSEED``); rerunning the command skips finished runs and resumes interrupted
@@ -100,6 +103,49 @@ def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int
     return _metrics(run_dir)
 
 
+def eval_orders(run_dir: Path, games: Path, orders: int) -> dict:
+    """A run's (or the base model's) held-out success over ``orders`` greedy passes, each listing the actions in its
+    own order; the orders are the same for every run (the alfworld-gen-easy suite's sample seeds), so every run
+    is compared with the base model on identical prompts. Kept in ``RUN/eval_orders.json`` (reused on rerun)."""
+    from onelayer.agents.engine import HFEngine
+    from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
+    from onelayer.benchmarks.suites import get_suite, run_suite
+
+    path = run_dir / "eval_orders.json"
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done["settings"]["num_samples"] == orders:
+            return done
+    config = read_run_train_config(run_dir)
+    model, tok, _ = load_run_model(run_dir, config=config)
+    suite = get_suite("alfworld-gen-easy").with_overrides(
+        env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
+        num_samples=orders, max_new_tokens=SETTINGS["max_new_tokens"], max_turns=SETTINGS["max_turns"])
+    print(f"evaluating {run_dir.name} on {orders} action orders", file=sys.stderr, flush=True)
+    res = run_suite(suite, HFEngine(model, tok, max_batch_size=config.rollout_batch_size), tok,
+                    history_length=config.history_length, action_format=config.action_format)
+    atomic_write_json(path, res)
+    return res
+
+
+def summarize_orders(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
+    """Per run and per algorithm (mean, sample sd over seeds): success over the shared action orders and the gain
+    over the base model on the same orders."""
+    out = {"orders": base["settings"]["num_samples"], "base": base["success_rate"], "base_by_order": base["by_sample"],
+           "runs": {}, "algos": {}}
+    for algo, by_seed in runs.items():
+        scores = [r["success_rate"] for _, r in sorted(by_seed.items())]
+        for seed, r in sorted(by_seed.items()):
+            out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_order": r["by_sample"],
+                                              "gain": r["success_rate"] - base["success_rate"]}
+        gains = [v - base["success_rate"] for v in scores]
+        out["algos"][algo] = {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
+                              "sd": statistics.stdev(scores) if len(scores) > 1 else None,
+                              "gain_mean": statistics.fmean(gains) if gains else None,
+                              "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
+    return out
+
+
 def summarize(bases: dict[int, list[dict]], runs: dict[str, dict[int, list[dict]]], steps: int) -> dict:
     """Held-out success per run, its gain over the base model on the same seed's eval, and per algorithm
     the mean and sample sd over seeds of both; plus training success (first and last 5 steps)."""
@@ -142,7 +188,18 @@ def print_table(summary: dict) -> None:
         print(f"| {name} | {_fmt(r['eval_success_rate'])} | {_fmt(r['base_eval_success_rate'])} | "
               f"{_fmt(r['gain'], '+')} | {_fmt(r['train_success_first5'])} | {_fmt(r['train_success_last5'])} | "
               f"{r['train_time_s']:.0f} |")
-    for algo, a in summary["algos"].items():
+    _print_algos(summary["algos"])
+    orders = summary.get("eval_orders")
+    if orders:
+        print(f"\nheld-out success over {orders['orders']} action orders (the same for every run): base "
+              f"{orders['base']:.3f}")
+        for name, r in orders["runs"].items():
+            print(f"{name}: {r['success_rate']:.3f} (gain {r['gain']:+.3f})")
+        _print_algos(orders["algos"])
+
+
+def _print_algos(algos: dict) -> None:
+    for algo, a in algos.items():
         sd = "" if a["sd"] is None else f" ± {a['sd']:.3f}"
         gsd = "" if a["gain_sd"] is None else f" ± {a['gain_sd']:.3f}"
         print(f"{algo}: {_fmt(a['mean'])}{sd}, gain over base {_fmt(a['gain_mean'], '+')}{gsd} "
@@ -157,17 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=SETTINGS["lr"], help="Learning rate of the trained layer.")
+    p.add_argument("--eval-orders", type=int, default=4,
+                   help="Also score the base model and every run over this many greedy passes, each in its own "
+                        "action order, shared by all runs (0: only the trainer's single-order eval).")
     args = p.parse_args(argv)
     from onelayer.errors import UserError
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-        if args.steps < 1 or not seeds or not algos or not args.lr > 0:
+        if args.steps < 1 or not seeds or not algos or not args.lr > 0 or args.eval_orders < 0:
             raise ValueError
     except ValueError:
-        print(f"error: --seeds must list integers, --algos names, --steps be >= 1 and --lr > 0 (got "
-              f"{args.seeds!r}, {args.algos!r}, {args.steps}, {args.lr})", file=sys.stderr)
+        print(f"error: --seeds must list integers, --algos names, --steps be >= 1, --lr > 0 and --eval-orders >= 0 "
+              f"(got {args.seeds!r}, {args.algos!r}, {args.steps}, {args.lr}, {args.eval_orders})", file=sys.stderr)
         return 2
     t = time.time()
     try:
@@ -179,10 +239,16 @@ def main(argv: list[str] | None = None) -> int:
             bases[s] = run_one(args.out, f"base-s{s}", args.model, games, 0, s, algos[0])
             for a in algos:
                 runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr)
+        orders = None
+        if args.eval_orders:
+            base = eval_orders(args.out / "runs" / f"base-s{seeds[0]}", games, args.eval_orders)
+            orders = summarize_orders(base, {a: {s: eval_orders(args.out / "runs" / f"{a}-s{s}", games,
+                                                                args.eval_orders) for s in seeds} for a in algos})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(bases, runs, args.steps)
+    summary["eval_orders"] = orders
     summary.update(settings={**SETTINGS, "lr": args.lr, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
                              "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),

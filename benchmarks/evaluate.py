@@ -119,13 +119,15 @@ def evaluate(
 
 def evaluate_suites(suite_names: str, run: str | None = None, model: str | None = None, out: str | None = None,
                     batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
-                    num_items: int | None = None) -> dict:
+                    num_items: int | None = None, num_samples: int | None = None) -> dict:
     """Evaluate a run or a model on named suites (``NAME[,NAME...]``); write JSON to ``out`` when given.
 
     One suite: its result with the metric as a top-level key (as ``evaluate``).
     Several: ``{"suites": {NAME: result}, "missing": {NAME: why}}``. A suite
     whose data is missing is listed under ``missing`` and the others still run;
-    when every suite is missing, a UserError says why.
+    when every suite is missing, a UserError says why. ``num_items`` and
+    ``num_samples`` override every suite's (a pass@k suite still needs at least
+    k samples).
     """
     from onelayer.benchmarks.suites import parse_suites, run_suites
 
@@ -136,6 +138,12 @@ def evaluate_suites(suite_names: str, run: str | None = None, model: str | None 
         if num_items < 1:
             raise UserError(f"--num-items must be >= 1, got {num_items}")
         suites = [s.with_overrides(num_items=num_items) for s in suites]
+    if num_samples is not None:
+        short = [f"{s.name} (pass@{max(s.k)})" for s in suites if num_samples < max(s.k)]
+        if num_samples < 1 or short:
+            raise UserError(f"--num-samples must be >= 1 and >= every suite's largest k, got {num_samples}"
+                            + (f": {', '.join(short)}" if short else ""))
+        suites = [s.with_overrides(num_samples=num_samples) for s in suites]
     config = read_run_train_config(run) if run is not None else None
     if run is not None:
         mdl, tok, _ = load_run_model(run, device, dtype, config)

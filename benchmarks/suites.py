@@ -6,7 +6,12 @@ evaluation split and sampling seeds are fixed by the suite.
 
 ``pass@k`` suites draw ``num_samples`` samples per item and report the
 unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``,
-averaged over items.
+averaged over items. With ``num_samples`` > 1 a math or agentic suite reports
+its accuracy / success rate as the mean over the samples (``by_sample`` lists
+each pass); greedy agentic passes in the ``choice`` action format differ in the
+order the actions are listed (each pass has its own seed), which averages out
+how much one order alone moves a small model's score (``onelayer eval --suite
+... --num-samples K``).
 
 A suite whose data is not on this machine raises :class:`SuiteDataMissing`
 (a UserError) naming the data and how to get it; ``run_suites`` records that
@@ -16,6 +21,7 @@ and runs the others.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -194,6 +200,10 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
         correct = [sum(r.items[i].success for r in runs) for i in range(n_items)]
         for k in suite.k:
             result[f"pass@{k}"] = sum(pass_at_k(suite.num_samples, c, k) for c in correct) / n_items
+        if suite.domain != "code":
+            # Accuracy / success rate over every sample (greedy agentic passes differ in the choice order).
+            result[first.metric] = statistics.fmean(r.value for r in runs)
+            result["by_sample"] = [r.value for r in runs]
         for i, item in enumerate(result["items"]):
             item["samples_correct"] = correct[i]
             item["samples"] = [{"success": bool(r.items[i].success), "response": r.items[i].response} for r in runs]

@@ -217,6 +217,7 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     suite: Optional[str] = typer.Option(None, "--suite", help="Named suite(s) NAME[,NAME...] instead of --env (see `onelayer suites`)."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="With --suite: passes per item (default: the suite's); the score is their mean (pass@k for code). Greedy choice-format ALFWorld passes differ in action order."),
     vote: Optional[str] = typer.Option(None, "--vote", help="RUN1,RUN2,...: majority vote over these runs' final answers (or saved eval JSONs), with their pairwise Jaccard overlap."),
     self_consistency: Optional[str] = typer.Option(None, "--self-consistency", help="With --vote: a run or model sampled once per vote member and voted, the equal-budget baseline."),
     sc_temperature: float = typer.Option(0.7, "--sc-temperature", help="Sampling temperature for --self-consistency."),
@@ -227,6 +228,8 @@ def eval_cmd(
     if vote is not None:
         if run or model:
             raise UserError("--vote names the runs itself: drop --run/--model")
+        if num_samples is not None:
+            raise UserError("--vote members answer once each: drop --num-samples")
         if temperature or seed:
             raise UserError("--vote members answer greedily: drop --temperature/--seed (use --sc-temperature for "
                             "the self-consistency baseline)")
@@ -239,8 +242,10 @@ def eval_cmd(
         if env or env_kwargs or max_new_tokens or temperature or seed:
             raise UserError("--suite fixes the env, item list and sampling settings: drop --env/--env-kwargs/"
                             "--max-new-tokens/--temperature/--seed (or evaluate with --env instead of --suite)")
-        _eval_suites(suite, run, model, out, num_items, batch_size, device, dtype)
+        _eval_suites(suite, run, model, out, num_items, num_samples, batch_size, device, dtype)
         return
+    if num_samples is not None:
+        raise UserError("--num-samples goes with --suite (with --env, sample with --temperature/--seed)")
     kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else None
     res = evaluate(run=str(run) if run else None, model=model, env=env, env_kwargs=kwargs,
                    out=str(out) if out else None, num_items=num_items, max_new_tokens=max_new_tokens,
@@ -274,11 +279,12 @@ def _eval_vote(vote, suite, env, env_kwargs, num_items, max_new_tokens, batch_si
         typer.echo(f"-> {out}")
 
 
-def _eval_suites(suite, run, model, out, num_items, batch_size, device, dtype) -> None:
+def _eval_suites(suite, run, model, out, num_items, num_samples, batch_size, device, dtype) -> None:
     from onelayer.benchmarks.evaluate import evaluate_suites
 
     res = evaluate_suites(suite, run=str(run) if run else None, model=model, out=str(out) if out else None,
-                          batch_size=batch_size, device=device, dtype=dtype, num_items=num_items)
+                          batch_size=batch_size, device=device, dtype=dtype, num_items=num_items,
+                          num_samples=num_samples)
     results = res["suites"] if "suites" in res else {res["suite"]: res}
     what = f"run {run}" if run else f"model {model}"
     typer.echo(f"{what}\n{'suite':20s} {'metric':14s} {'value':>8s} {'items':>6s}")

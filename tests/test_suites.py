@@ -80,3 +80,69 @@ def test_suite_flag_refuses_conflicting_sampling_flags(tiny_model_dirs):
     res = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dirs["llama"]), "--suite", "math-l1",
                                    "--temperature", "0.7"])
     assert res.exit_code == 2 and "--suite fixes" in res.output
+
+
+class _AnswersOne:
+    """Always answers "1" (pure position preference) and records every prompt it saw, decoded."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.prompts = tokenizer, []
+
+    def generate(self, prompts, params):
+        from onelayer.agents.engine import Generation
+
+        self.prompts += [self.tokenizer.decode(p) for p in prompts]
+        one = self.tokenizer.encode("1", add_special_tokens=False)
+        return [Generation(one, [0.0] * len(one), "stop") for _ in prompts]
+
+
+def test_greedy_agentic_passes_average_over_action_orders(tokenizer, tmp_path, monkeypatch):
+    from onelayer.benchmarks.suites import run_suite
+    from onelayer.envs import alfworld_gen
+
+    monkeypatch.setenv("ONELAYER_CACHE", str(tmp_path))
+    for split, n in (("train", 3), ("eval", 2)):
+        monkeypatch.setitem(alfworld_gen.EASY_SETS, split, {**alfworld_gen.EASY_SETS[split], "n": n})
+    engine = _AnswersOne(tokenizer)
+    suite = get_suite("alfworld-gen-easy").with_overrides(num_items=2, num_samples=3, max_turns=2)
+    res = run_suite(suite, engine, tokenizer, action_format="choice", history_length=0)
+    assert res["settings"]["num_samples"] == 3 and len(res["by_sample"]) == 3
+    assert res["success_rate"] == pytest.approx(sum(res["by_sample"]) / 3)
+    assert res["pass@1"] == pytest.approx(res["success_rate"])  # the same mean, item by item
+    first_turns = [p for p in engine.prompts if "(step 1)" in p]
+    assert len(first_turns) == 2 * 3
+    lists = [p.split("Admissible actions:\n", 1)[1].split("\nReply with", 1)[0].split("\n") for p in first_turns]
+    assert len({tuple(lst) for lst in lists}) > 2  # each pass numbers an item's actions in its own order...
+    assert len({tuple(sorted(line.split(". ", 1)[1] for line in lst)) for lst in lists}) <= 2  # ...of the same ones
+
+
+def test_a_suites_score_over_several_samples_is_their_mean(monkeypatch, tokenizer):
+    from onelayer.agents.evaluation import EvalResult, ItemOutcome
+    from onelayer.benchmarks import suites
+
+    solved = {0: {0, 1}, 100_003: {1}, 200_006: set()}  # items each pass (sample seed) gets right
+
+    def fake_policy(engine, prompts, env_id, kw, *, num_items, seed, metric, **_):
+        items = [ItemOutcome(i, f"t{i}", i in solved[seed], 0.0, 1, "") for i in range(num_items)]
+        return EvalResult(metric, sum(i.success for i in items) / num_items, num_items, items)
+
+    monkeypatch.setattr(suites, "evaluate_policy", fake_policy)
+    res = suites.run_suite(get_suite("math-l1").with_overrides(num_items=4, num_samples=3), None, tokenizer)
+    assert res["by_sample"] == [0.5, 0.25, 0.0] and res["accuracy"] == pytest.approx(0.25)
+    assert [i["samples_correct"] for i in res["items"]] == [1, 2, 0, 0]
+    one = suites.run_suite(get_suite("math-l1").with_overrides(num_items=4), None, tokenizer)
+    assert one["accuracy"] == 0.5 and "by_sample" not in one
+
+def test_num_samples_overrides_a_suite_and_is_checked(tiny_model_dirs, tmp_path):
+    runner, model = CliRunner(), str(tiny_model_dirs["qwen3"])
+    out = tmp_path / "two.json"
+    res = runner.invoke(app, ["eval", "--model", model, "--suite", "math-l1", "--num-items", "3", "--num-samples", "2",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["num_samples"] == 2 and data["accuracy"] == pytest.approx(sum(data["by_sample"]) / 2)
+    assert all(len(i["samples"]) == 2 for i in data["items"])
+    res = runner.invoke(app, ["eval", "--model", model, "--suite", "humaneval-pass@k", "--num-samples", "4"])
+    assert res.exit_code == 2 and "humaneval-pass@k (pass@10)" in res.output
+    res = runner.invoke(app, ["eval", "--model", model, "--env", "onelayer/Math-v0", "--num-samples", "2"])
+    assert res.exit_code == 2 and "--num-samples goes with --suite" in res.output

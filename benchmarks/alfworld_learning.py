@@ -17,9 +17,13 @@ takes tens of minutes on 2 cores, not hours):
   (``eval/success_rate``) and for the base model once per seed: the eval lists each
   state's actions in an order drawn from the run's seed, and that order alone moves
   a greedy score, so a run is compared with the base model on its own seed's order;
-  and (``--eval-orders K``, default 4) over K greedy passes in K action orders that
-  are the same for every run and the base model (30 x K episodes: one order's noise
-  averages out; ``OUT/runs/*/eval_orders.json``, summary key ``eval_orders``).
+  and (``--eval-samples K``, default 4) over K sampled passes at the training
+  temperature (1.0) with sample seeds, and so action orders, that are the same for
+  every run and the base model (30 x K episodes; ``OUT/runs/*/eval_sampled.json``,
+  summary key ``eval_sampled``). The sampled score measures the policy RL trains:
+  greedy, the default model answers "1" in nearly every state (its position
+  preference, P(1) ~ 0.55), so its greedy score is that of the first action in a
+  shuffled list, and a run's greedy score moves only once its argmax changes.
 
 Every run is an ordinary run directory under ``OUT/runs`` (``base-sSEED``,
 ``ALGO-sSEED``); rerunning the command skips finished runs and resumes interrupted
@@ -103,40 +107,44 @@ def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int
     return _metrics(run_dir)
 
 
-def eval_orders(run_dir: Path, games: Path, orders: int) -> dict:
-    """A run's (or the base model's) held-out success over ``orders`` greedy passes, each listing the actions in its
-    own order; the orders are the same for every run (the alfworld-gen-easy suite's sample seeds), so every run
-    is compared with the base model on identical prompts. Kept in ``RUN/eval_orders.json`` (reused on rerun)."""
+EVAL_TEMPERATURE = 1.0  # the runs' sampling temperature (TrainConfig's default)
+
+
+def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
+    """A run's (or the base model's) held-out success over ``samples`` passes sampled at EVAL_TEMPERATURE. The
+    sample seeds (and so the action orders) are the alfworld-gen-easy suite's, the same for every run, so every
+    run is compared with the base model on identical seeds. Kept in ``RUN/eval_sampled.json`` (reused on rerun)."""
     from onelayer.agents.engine import HFEngine
     from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
     from onelayer.benchmarks.suites import get_suite, run_suite
 
-    path = run_dir / "eval_orders.json"
+    path = run_dir / "eval_sampled.json"
     if path.is_file():
         done = json.loads(path.read_text())
-        if done["settings"]["num_samples"] == orders:
+        if done["settings"]["num_samples"] == samples:
             return done
     config = read_run_train_config(run_dir)
     model, tok, _ = load_run_model(run_dir, config=config)
     suite = get_suite("alfworld-gen-easy").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
-        num_samples=orders, max_new_tokens=SETTINGS["max_new_tokens"], max_turns=SETTINGS["max_turns"])
-    print(f"evaluating {run_dir.name} on {orders} action orders", file=sys.stderr, flush=True)
+        num_samples=samples, temperature=EVAL_TEMPERATURE, max_new_tokens=SETTINGS["max_new_tokens"],
+        max_turns=SETTINGS["max_turns"])
+    print(f"evaluating {run_dir.name}: {samples} sampled passes", file=sys.stderr, flush=True)
     res = run_suite(suite, HFEngine(model, tok, max_batch_size=config.rollout_batch_size), tok,
                     history_length=config.history_length, action_format=config.action_format)
     atomic_write_json(path, res)
     return res
 
 
-def summarize_orders(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
-    """Per run and per algorithm (mean, sample sd over seeds): success over the shared action orders and the gain
-    over the base model on the same orders."""
-    out = {"orders": base["settings"]["num_samples"], "base": base["success_rate"], "base_by_order": base["by_sample"],
-           "runs": {}, "algos": {}}
+def summarize_sampled(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
+    """Per run and per algorithm (mean, sample sd over seeds): sampled held-out success and its gain over the base
+    model on the same sample seeds."""
+    out = {"samples": base["settings"]["num_samples"], "temperature": base["settings"]["temperature"],
+           "base": base["success_rate"], "base_by_sample": base["by_sample"], "runs": {}, "algos": {}}
     for algo, by_seed in runs.items():
         scores = [r["success_rate"] for _, r in sorted(by_seed.items())]
         for seed, r in sorted(by_seed.items()):
-            out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_order": r["by_sample"],
+            out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_sample": r["by_sample"],
                                               "gain": r["success_rate"] - base["success_rate"]}
         gains = [v - base["success_rate"] for v in scores]
         out["algos"][algo] = {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
@@ -189,13 +197,13 @@ def print_table(summary: dict) -> None:
               f"{_fmt(r['gain'], '+')} | {_fmt(r['train_success_first5'])} | {_fmt(r['train_success_last5'])} | "
               f"{r['train_time_s']:.0f} |")
     _print_algos(summary["algos"])
-    orders = summary.get("eval_orders")
-    if orders:
-        print(f"\nheld-out success over {orders['orders']} action orders (the same for every run): base "
-              f"{orders['base']:.3f}")
-        for name, r in orders["runs"].items():
+    sampled = summary.get("eval_sampled")
+    if sampled:
+        print(f"\nheld-out success over {sampled['samples']} passes sampled at T={sampled['temperature']:g} (the same "
+              f"seeds for every run): base {sampled['base']:.3f}")
+        for name, r in sampled["runs"].items():
             print(f"{name}: {r['success_rate']:.3f} (gain {r['gain']:+.3f})")
-        _print_algos(orders["algos"])
+        _print_algos(sampled["algos"])
 
 
 def _print_algos(algos: dict) -> None:
@@ -214,20 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=SETTINGS["lr"], help="Learning rate of the trained layer.")
-    p.add_argument("--eval-orders", type=int, default=4,
-                   help="Also score the base model and every run over this many greedy passes, each in its own "
-                        "action order, shared by all runs (0: only the trainer's single-order eval).")
+    p.add_argument("--eval-samples", type=int, default=4,
+                   help="Also score the base model and every run over this many passes sampled at T=1 with the "
+                        "same seeds for all (0: only the trainer's greedy eval).")
     args = p.parse_args(argv)
     from onelayer.errors import UserError
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-        if args.steps < 1 or not seeds or not algos or not args.lr > 0 or args.eval_orders < 0:
+        if args.steps < 1 or not seeds or not algos or not args.lr > 0 or args.eval_samples < 0:
             raise ValueError
     except ValueError:
-        print(f"error: --seeds must list integers, --algos names, --steps be >= 1, --lr > 0 and --eval-orders >= 0 "
-              f"(got {args.seeds!r}, {args.algos!r}, {args.steps}, {args.lr}, {args.eval_orders})", file=sys.stderr)
+        print(f"error: --seeds must list integers, --algos names, --steps be >= 1, --lr > 0 and --eval-samples >= 0 "
+              f"(got {args.seeds!r}, {args.algos!r}, {args.steps}, {args.lr}, {args.eval_samples})", file=sys.stderr)
         return 2
     t = time.time()
     try:
@@ -239,16 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             bases[s] = run_one(args.out, f"base-s{s}", args.model, games, 0, s, algos[0])
             for a in algos:
                 runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr)
-        orders = None
-        if args.eval_orders:
-            base = eval_orders(args.out / "runs" / f"base-s{seeds[0]}", games, args.eval_orders)
-            orders = summarize_orders(base, {a: {s: eval_orders(args.out / "runs" / f"{a}-s{s}", games,
-                                                                args.eval_orders) for s in seeds} for a in algos})
+        sampled = None
+        if args.eval_samples:
+            base = eval_sampled(args.out / "runs" / f"base-s{seeds[0]}", games, args.eval_samples)
+            sampled = summarize_sampled(base, {a: {s: eval_sampled(args.out / "runs" / f"{a}-s{s}", games,
+                                                                   args.eval_samples) for s in seeds} for a in algos})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(bases, runs, args.steps)
-    summary["eval_orders"] = orders
+    summary["eval_sampled"] = sampled
     summary.update(settings={**SETTINGS, "lr": args.lr, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
                              "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),

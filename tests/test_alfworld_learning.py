@@ -14,7 +14,7 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     monkeypatch.setitem(study.SETTINGS, "max_turns", 2)
     out = tmp_path / "study"
     args = ["--out", str(out), "--model", str(tiny_model_dirs["qwen3"]), "--steps", "1", "--seeds", "0,1",
-            "--algos", "gigpo", "--eval-orders", "2"]
+            "--algos", "gigpo", "--eval-samples", "2"]
     assert study.main(args) == 0
     games = out / "games"
     assert not read_signatures(games / "train") & read_signatures(games / "eval")  # held-out games
@@ -30,31 +30,33 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert config["action_format"] == "choice" and config["seed"] == 1 and config["env_kwargs"]["data_path"] == str(games)
     assert config["env_kwargs"]["hide_commands"] == ["help", "look", "inventory"]
     assert "| gigpo-s0 |" in capsys.readouterr().out
-    orders = summary["eval_orders"]
-    assert orders["orders"] == 2 and len(orders["base_by_order"]) == 2 and set(orders["runs"]) == set(summary["runs"])
-    assert orders["runs"]["gigpo-s1"]["gain"] == orders["runs"]["gigpo-s1"]["success_rate"] - orders["base"]
-    base_orders = json.loads((out / "runs" / "base-s0" / "eval_orders.json").read_text())
-    assert base_orders["settings"]["num_samples"] == 2 and base_orders["settings"]["max_new_tokens"] == 3
-    assert base_orders["items"][0]["details"]["game_file"].startswith(str(games / "eval"))
+    sampled = summary["eval_sampled"]
+    assert sampled["samples"] == 2 and sampled["temperature"] == 1.0 and len(sampled["base_by_sample"]) == 2
+    assert set(sampled["runs"]) == set(summary["runs"])
+    assert sampled["runs"]["gigpo-s1"]["gain"] == sampled["runs"]["gigpo-s1"]["success_rate"] - sampled["base"]
+    base_sampled = json.loads((out / "runs" / "base-s0" / "eval_sampled.json").read_text())
+    settings = base_sampled["settings"]
+    assert settings["num_samples"] == 2 and settings["max_new_tokens"] == 3 and settings["temperature"] == 1.0
+    assert base_sampled["items"][0]["details"]["game_file"].startswith(str(games / "eval"))
     lines = (out / "runs" / "gigpo-s0" / "metrics.jsonl").read_text()
-    scored = (out / "runs" / "gigpo-s0" / "eval_orders.json").read_text()
+    scored = (out / "runs" / "gigpo-s0" / "eval_sampled.json").read_text()
     assert study.main(args) == 0  # a rerun reuses finished runs and their scores
     assert (out / "runs" / "gigpo-s0" / "metrics.jsonl").read_text() == lines
-    assert (out / "runs" / "gigpo-s0" / "eval_orders.json").read_text() == scored
-    assert study.main(["--out", str(out), "--eval-orders", "-1"]) == 2
+    assert (out / "runs" / "gigpo-s0" / "eval_sampled.json").read_text() == scored
+    assert study.main(["--out", str(out), "--eval-samples", "-1"]) == 2
     assert study.main(["--out", str(out), "--seeds", "x"]) == 2
     assert study.main(["--out", str(out), "--lr", "0"]) == 2
     assert study.main([*args, "--lr", "1e-3"]) == 2  # finished runs of another lr are not mixed in
     assert "trained with lr 0.0001" in capsys.readouterr().err
 
 
-def test_orders_summary_pairs_every_run_with_the_base_on_the_same_orders():
-    base = {"success_rate": 0.25, "by_sample": [0.2, 0.3], "settings": {"num_samples": 2}}
+def test_sampled_summary_pairs_every_run_with_the_base_on_the_same_seeds():
+    base = {"success_rate": 0.25, "by_sample": [0.2, 0.3], "settings": {"num_samples": 2, "temperature": 1.0}}
     runs = {"gigpo": {0: {"success_rate": 0.35, "by_sample": [0.3, 0.4]},
                       1: {"success_rate": 0.15, "by_sample": [0.1, 0.2]},
                       2: {"success_rate": 0.40, "by_sample": [0.4, 0.4]}}}
-    out = study.summarize_orders(base, runs)
-    assert out["orders"] == 2 and out["base_by_order"] == [0.2, 0.3]
+    out = study.summarize_sampled(base, runs)
+    assert out["samples"] == 2 and out["base_by_sample"] == [0.2, 0.3]
     assert [round(r["gain"], 6) for r in out["runs"].values()] == [0.1, -0.1, 0.15]
     algo = out["algos"]["gigpo"]
     assert round(algo["gain_mean"], 6) == round((0.1 - 0.1 + 0.15) / 3, 6)

@@ -13,9 +13,11 @@ the same grammar strings on every step; outputs are unchanged, steps ~3x faster.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,18 @@ class EngineState:
     expert_plan: list[str] | None
 
 
+@contextlib.contextmanager
+def _keep_sys_argv():
+    """Give the caller its ``sys.argv`` back: fast-downward's ``pddl2sas`` sets it to
+    ``["translate.py", "domain", "task"]`` for its options module, so a program that
+    records its command line after loading a game would record that instead."""
+    saved = sys.argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 class Engine:
     """One textworld PDDL env with ALFWorld's wrappers; ``load`` a game file, then ``reset`` / ``step``.
 
@@ -140,7 +154,8 @@ class Engine:
             return
         self.game_file = None
         try:
-            self._env.load(str(game_file))
+            with _keep_sys_argv():
+                self._env.load(str(game_file))
         except UserError:
             raise
         except Exception as e:  # fast-downward / tatsu raise many kinds of errors on bad PDDL
@@ -152,14 +167,16 @@ class Engine:
         """Start the loaded game from its initial state."""
         if self.game_file is None:
             raise RuntimeError("Engine.reset() before load()")
-        self._state = self._env.reset()
+        with _keep_sys_argv():
+            self._state = self._env.reset()
         return self._observe()
 
     def step(self, command: str) -> EngineState:
         """Send a command to the engine; one that is not admissible gives the engine's "Nothing happens."."""
         if self._state is None:
             raise RuntimeError("Engine.step() before reset()")
-        self._state, _score, _done = self._env.step(command)
+        with _keep_sys_argv():
+            self._state, _score, _done = self._env.step(command)
         return self._observe()
 
     def facts(self) -> list[str]:

@@ -320,3 +320,13 @@ def test_memoized_parsing_leaves_the_engine_output_unchanged(games):
         return res.stdout.strip()
 
     assert run("0") == run("1")
+
+
+def test_playing_a_game_leaves_the_callers_command_line_alone(games, monkeypatch):
+    argv = ["onelayer", "sweep", "--out", "x"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    env = ALFWorldEnv(data_path=str(games), expert="planner")  # the planner runs fast-downward at every step
+    for index in (0, 1):
+        _, info = env.reset(options={"task_id": index})
+        env.step(info["admissible_actions"][0])
+    assert sys.argv == argv

@@ -112,7 +112,7 @@ EVAL_TEMPERATURE = 1.0  # the runs' sampling temperature (TrainConfig's default)
 
 def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     """A run's (or the base model's) held-out success over ``samples`` passes sampled at EVAL_TEMPERATURE. The
-    sample seeds (and so the action orders) are the alfworld-gen-easy suite's, the same for every run, so every
+    sample seeds (and so the action orders) are the alfworld-gen-easy-sampled suite's, the same for every run, so every
     run is compared with the base model on identical seeds. Kept in ``RUN/eval_sampled.json`` (reused on rerun)."""
     from onelayer.agents.engine import HFEngine
     from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
@@ -125,7 +125,7 @@ def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
             return done
     config = read_run_train_config(run_dir)
     model, tok, _ = load_run_model(run_dir, config=config)
-    suite = get_suite("alfworld-gen-easy").with_overrides(
+    suite = get_suite("alfworld-gen-easy-sampled").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
         num_samples=samples, temperature=EVAL_TEMPERATURE, max_new_tokens=SETTINGS["max_new_tokens"],
         max_turns=SETTINGS["max_turns"])

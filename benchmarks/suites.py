@@ -104,6 +104,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16, max_turns=10,
           description="generated easy games (30: 2 receptacles, pick-and-place and look-at-in-light), 10 turns, "
                       "help/look/inventory not listed, greedy; held out from the easy train set"),
+    Suite("alfworld-gen-easy-sampled", "onelayer/ALFWorld-v0",
+          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16,
+          max_turns=10, temperature=1.0, num_samples=4,
+          description="the alfworld-gen-easy games, 4 passes sampled at T=1 (fixed seeds), mean success: the "
+                      "policy RL trains (greedy, a small model's position preference decides the choice format)"),
     Suite("alfworld-gen-easy-ood", "onelayer/ALFWorld-v0",
           {"split": "eval_ood", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16,
           max_turns=10, description="generated easy task types in bigger rooms (30: 3-4 receptacles), 10 turns"),

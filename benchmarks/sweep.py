@@ -558,10 +558,12 @@ PRESETS: dict[str, dict] = {
         domains=["code"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
         train={"num_tasks": 4, "num_generations": 4, "max_new_tokens": 192}),
     # The learning study's setting (benchmarks/alfworld_learning.py): easy generated games, numbered actions. In
-    # verl-agent's text format the 135M model never names an admissible action, so every reward is 0.
+    # verl-agent's text format the 135M model never names an admissible action, so every reward is 0. Scored on
+    # sampled passes first: greedy, the model answers "1" whatever is listed, so a greedy score moves only when
+    # its position preference does (benchmarks/RESULTS.md, the ALFWorld compare).
     "cpu-agentic": dict(
         domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
-        suites={"agentic": ["alfworld-gen-easy"]},
+        suites={"agentic": ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]},
         train={"agentic": {"env_kwargs": {"generated_games": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)},
                            "action_format": "choice", "history_length": 0, "max_turns": 10, "max_new_tokens": 3,
                            "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),

@@ -286,7 +286,8 @@ def test_compare_ranks_by_another_domain_and_takes_a_presets_settings(tiny_model
                               preset="cpu-agentic", log=lambda m: None)
     agentic = SweepSpec.from_dict(preset_spec("cpu-agentic"))
     assert spec.domains == ["agentic"] and spec.algos == ["gigpo"] and spec.lr == agentic.lr
-    assert spec.train == agentic.train and spec.domain_suites("agentic") == ["alfworld-gen-easy"]
+    assert spec.train == agentic.train and spec.domain_suites("agentic") == ["alfworld-gen-easy-sampled",
+                                                                           "alfworld-gen-easy"]
     top = next(j for j in jobs if j.method == "only-top2")
     cfg = job_train_config(spec, top, tmp_path / "run")
     assert cfg.rank_domain == "math" and cfg.action_format == "choice" and cfg.layers == f"top:2@{math_sweep}"
@@ -301,6 +302,9 @@ def test_cpu_presets_give_valid_job_configs(name, tmp_path):
             cfg = job_train_config(spec, job, tmp_path / "run")
             assert cfg.lr == (spec.lr or TrainConfig.lr) and cfg.steps == spec.steps
     if name == "cpu-agentic":  # the learning study's setting: easy games, numbered actions, the matching suite
-        assert spec.domain_suites("agentic") == ["alfworld-gen-easy"]
+        assert spec.domain_suites("agentic") == ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]
+        sampled = get_suite("alfworld-gen-easy-sampled")
+        assert sampled.temperature == 1.0 and sampled.num_samples == 4
+        assert {**sampled.env_kwargs} == {**get_suite("alfworld-gen-easy").env_kwargs}  # the same games
         assert cfg.action_format == "choice" and cfg.env_kwargs["generated_games"] == "easy"
         assert cfg.env_kwargs["hide_commands"] == list(get_suite("alfworld-gen-easy").env_kwargs["hide_commands"])

@@ -107,11 +107,16 @@ def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int
     return _metrics(run_dir)
 
 
-EVAL_TEMPERATURE = 1.0  # the runs' sampling temperature (TrainConfig's default)
+def _spread(scores: list[float], gains: list[float]) -> dict:
+    """Mean and sample sd over seeds of the scores and of their gains over the base model."""
+    return {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
+            "sd": statistics.stdev(scores) if len(scores) > 1 else None,
+            "gain_mean": statistics.fmean(gains) if gains else None,
+            "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
 
 
 def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
-    """A run's (or the base model's) held-out success over ``samples`` passes sampled at EVAL_TEMPERATURE. The
+    """A run's (or the base model's) held-out success over ``samples`` passes sampled at T=1 (the runs'). The
     sample seeds (and so the action orders) are the alfworld-gen-easy-sampled suite's, the same for every run, so every
     run is compared with the base model on identical seeds. Kept in ``RUN/eval_sampled.json`` (reused on rerun)."""
     from onelayer.agents.engine import HFEngine
@@ -127,7 +132,7 @@ def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     model, tok, _ = load_run_model(run_dir, config=config)
     suite = get_suite("alfworld-gen-easy-sampled").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
-        num_samples=samples, temperature=EVAL_TEMPERATURE, max_new_tokens=SETTINGS["max_new_tokens"],
+        num_samples=samples, max_new_tokens=SETTINGS["max_new_tokens"],
         max_turns=SETTINGS["max_turns"])
     print(f"evaluating {run_dir.name}: {samples} sampled passes", file=sys.stderr, flush=True)
     res = run_suite(suite, HFEngine(model, tok, max_batch_size=config.rollout_batch_size), tok,
@@ -146,11 +151,7 @@ def summarize_sampled(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
         for seed, r in sorted(by_seed.items()):
             out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_sample": r["by_sample"],
                                               "gain": r["success_rate"] - base["success_rate"]}
-        gains = [v - base["success_rate"] for v in scores]
-        out["algos"][algo] = {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
-                              "sd": statistics.stdev(scores) if len(scores) > 1 else None,
-                              "gain_mean": statistics.fmean(gains) if gains else None,
-                              "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
+        out["algos"][algo] = _spread(scores, [v - base["success_rate"] for v in scores])
     return out
 
 
@@ -175,10 +176,7 @@ def summarize(bases: dict[int, list[dict]], runs: dict[str, dict[int, list[dict]
             if final is not None:
                 scores.append(final)
                 gains.append(gain)
-        out["algos"][algo] = {"seeds": len(scores), "mean": statistics.fmean(scores) if scores else None,
-                              "sd": statistics.stdev(scores) if len(scores) > 1 else None,
-                              "gain_mean": statistics.fmean(gains) if gains else None,
-                              "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
+        out["algos"][algo] = _spread(scores, gains)
     return out
 
 

@@ -118,25 +118,30 @@ def _spread(scores: list[float], gains: list[float]) -> dict:
 def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     """A run's (or the base model's) held-out success over ``samples`` passes sampled at T=1 (the runs'). The
     sample seeds (and so the action orders) are the alfworld-gen-easy-sampled suite's, the same for every run, so every
-    run is compared with the base model on identical seeds. Kept in ``RUN/eval_sampled.json`` (reused on rerun)."""
+    run is compared with the base model on identical seeds. Kept in ``RUN/eval_sampled.json``: a rerun reuses it, and a
+    larger ``samples`` adds only the missing passes."""
     from onelayer.agents.engine import HFEngine
     from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
-    from onelayer.benchmarks.suites import get_suite, run_suite
+    from onelayer.benchmarks.suites import get_suite, merge_samples, run_suite
 
     path = run_dir / "eval_sampled.json"
-    if path.is_file():
-        done = json.loads(path.read_text())
-        if done["settings"]["num_samples"] == samples:
-            return done
+    done = json.loads(path.read_text()) if path.is_file() else None
+    have = done["settings"]["num_samples"] if done else 0
+    if have == samples:
+        return done
+    if have > samples:  # fewer passes than stored: start over so every model has the same passes
+        done, have = None, 0
     config = read_run_train_config(run_dir)
     model, tok, _ = load_run_model(run_dir, config=config)
     suite = get_suite("alfworld-gen-easy-sampled").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
-        num_samples=samples, max_new_tokens=SETTINGS["max_new_tokens"],
+        num_samples=samples - have, max_new_tokens=SETTINGS["max_new_tokens"],
         max_turns=SETTINGS["max_turns"])
-    print(f"evaluating {run_dir.name}: {samples} sampled passes", file=sys.stderr, flush=True)
+    print(f"evaluating {run_dir.name}: sampled passes {have}..{samples - 1}", file=sys.stderr, flush=True)
     res = run_suite(suite, HFEngine(model, tok, max_batch_size=config.rollout_batch_size), tok,
-                    history_length=config.history_length, action_format=config.action_format)
+                    history_length=config.history_length, action_format=config.action_format, first_sample=have)
+    if done is not None:  # add the new passes to the stored ones (pass j always has the same seed)
+        res = merge_samples(done, res)
     atomic_write_json(path, res)
     return res
 

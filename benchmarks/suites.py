@@ -20,6 +20,7 @@ and runs the others.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -177,10 +178,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+SAMPLE_SEED_STRIDE = 100_003
+
+
 def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template: str | None = None,
               system_prompt: str | None = None, history_length: int = 2, batch_size: int = 64,
-              action_format: str = "text") -> dict:
-    """Evaluate one suite; the result has the primary metric as a top-level key plus every item's outcome."""
+              action_format: str = "text", first_sample: int = 0) -> dict:
+    """Evaluate one suite; the result has the primary metric as a top-level key plus every item's outcome.
+
+    Sample ``j`` is drawn with seed ``suite.seed + SAMPLE_SEED_STRIDE * j``. ``first_sample`` starts at a later
+    pass (``num_samples`` passes from there), so more passes can be added to a stored result with
+    :func:`merge_samples` without redoing the first ones.
+    """
     check_available(suite)
     kw = env_kwargs_of(suite)
     prompts = PromptBuilder.for_domain(tokenizer, suite.domain, prompt_template, system_prompt, history_length,
@@ -194,16 +203,18 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
             raise UserError(f"suite {suite.name}: env {suite.env} does not say how many eval items it has; set num_items")
     t = time.time()
     runs: list[EvalResult] = []
-    for j in range(suite.num_samples):
+    if first_sample < 0:
+        raise UserError(f"first_sample must be >= 0, got {first_sample}")
+    for j in range(first_sample, first_sample + suite.num_samples):
         runs.append(evaluate_policy(
             engine, prompts, suite.env, kw, num_items=n_items, max_new_tokens=suite.max_new_tokens,
-            temperature=suite.temperature, seed=suite.seed + 100_003 * j, batch_size=batch_size,
+            temperature=suite.temperature, seed=suite.seed + SAMPLE_SEED_STRIDE * j, batch_size=batch_size,
             max_turns=suite.max_turns, metric=suite.metric, parse_actions=suite.domain == "agentic"))
     first = runs[0]
     result = first.to_dict()
-    if suite.num_samples > 1:
+    if suite.num_samples > 1 or first_sample:
         correct = [sum(r.items[i].success for r in runs) for i in range(n_items)]
-        for k in suite.k:
+        for k in (k for k in suite.k if k <= suite.num_samples):  # a later part alone (first_sample) may be short
             result[f"pass@{k}"] = sum(pass_at_k(suite.num_samples, c, k) for c in correct) / n_items
         if suite.domain != "code":
             # Accuracy / success rate over every sample (greedy agentic passes differ in the choice order).
@@ -215,12 +226,52 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
     result.update({
         "metric": suite.metric, "suite": suite.name, "env": suite.env, "env_kwargs": kw, "domain": suite.domain,
         "settings": {"max_new_tokens": suite.max_new_tokens, "temperature": suite.temperature,
-                     "num_samples": suite.num_samples, "k": list(suite.k), "seed": suite.seed,
+                     "num_samples": suite.num_samples, "first_sample": first_sample, "k": list(suite.k),
+                     "seed": suite.seed,
                      "max_turns": suite.max_turns, "num_items": n_items,
                      "item_list": f"eval split items 0..{n_items - 1}"},
         "time_s": time.time() - t,
     })
     return result
+
+
+def merge_samples(done: dict, more: dict) -> dict:
+    """One result from two of the same suite, ``more`` holding the passes right after ``done``'s.
+
+    Both must come from :func:`run_suite` with several passes (or ``first_sample``); the merged result is what one
+    run with all the passes gives: per-item sample lists and counts, pass@k, and for math and agentic suites the
+    mean over passes with ``by_sample``.
+    """
+    a, b = done["settings"], more["settings"]
+    same = ("max_new_tokens", "temperature", "k", "seed", "max_turns", "num_items")
+    diff = [k for k in same if a.get(k) != b.get(k)]
+    if done.get("suite") != more.get("suite") or diff:
+        raise UserError(f"cannot merge samples of different evaluations ({done.get('suite')} vs {more.get('suite')}; "
+                        f"differing settings: {', '.join(diff) or 'none'})")
+    start = a.get("first_sample", 0) + a["num_samples"]
+    if b.get("first_sample", 0) != start:
+        raise UserError(f"cannot merge samples: the second result must start at pass {start} "
+                        f"(it starts at {b.get('first_sample', 0)})")
+    out = copy.deepcopy(done)
+    if a["num_samples"] == 1 and "samples" not in out["items"][0]:  # a single greedy/sampled pass
+        for item in out["items"]:
+            item["samples"] = [{"success": bool(item["success"]), "response": item["response"]}]
+            item["samples_correct"] = int(bool(item["success"]))
+        if done["domain"] != "code":
+            out["by_sample"] = [done[done["metric"]]]
+    total = a["num_samples"] + b["num_samples"]
+    for item, extra in zip(out["items"], more["items"]):
+        item["samples"] += extra["samples"]
+        item["samples_correct"] += extra["samples_correct"]
+    n_items = len(out["items"])
+    for k in a["k"]:
+        out[f"pass@{k}"] = sum(pass_at_k(total, it["samples_correct"], k) for it in out["items"]) / n_items
+    if "by_sample" in out:
+        out["by_sample"] = out["by_sample"] + more["by_sample"]
+        out[done["metric"]] = statistics.fmean(out["by_sample"])
+    out["settings"]["num_samples"] = total
+    out["time_s"] = done["time_s"] + more["time_s"]
+    return out
 
 
 def run_suites(suites: list[Suite], engine: RolloutEngine, tokenizer, **kw) -> tuple[dict[str, dict], dict[str, str]]:

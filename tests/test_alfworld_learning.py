@@ -43,6 +43,15 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert study.main(args) == 0  # a rerun reuses finished runs and their scores
     assert (out / "runs" / "gigpo-s0" / "metrics.jsonl").read_text() == lines
     assert (out / "runs" / "gigpo-s0" / "eval_sampled.json").read_text() == scored
+    three = [*args[:-1], "3"]
+    assert study.main(three) == 0  # more passes: only the new one runs, added to the stored two
+    assert "sampled passes 2..2" in capsys.readouterr().err
+    extended = json.loads((out / "runs" / "gigpo-s0" / "eval_sampled.json").read_text())
+    assert extended["settings"]["num_samples"] == 3 and extended["by_sample"][:2] == json.loads(scored)["by_sample"]
+    fresh = study.eval_sampled(out / "runs" / "gigpo-s0", games, 1)  # fewer passes than stored: starts over...
+    again = study.eval_sampled(out / "runs" / "gigpo-s0", games, 3)  # ...and growing back gives the same passes
+    assert fresh["success_rate"] == extended["by_sample"][0] and again["by_sample"] == extended["by_sample"]
+    assert [i["samples"] for i in again["items"]] == [i["samples"] for i in extended["items"]]
     assert study.main(["--out", str(out), "--eval-samples", "-1"]) == 2
     assert study.main(["--out", str(out), "--seeds", "x"]) == 2
     assert study.main(["--out", str(out), "--lr", "0"]) == 2

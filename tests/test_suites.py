@@ -146,3 +146,33 @@ def test_num_samples_overrides_a_suite_and_is_checked(tiny_model_dirs, tmp_path)
     assert res.exit_code == 2 and "humaneval-pass@k (pass@10)" in res.output
     res = runner.invoke(app, ["eval", "--model", model, "--env", "onelayer/Math-v0", "--num-samples", "2"])
     assert res.exit_code == 2 and "--num-samples goes with --suite" in res.output
+
+
+def test_later_passes_merge_into_the_same_result_as_one_run(monkeypatch, tokenizer):
+    from onelayer.agents.evaluation import EvalResult, ItemOutcome
+    from onelayer.benchmarks import suites
+
+    solved = {0: {0, 1}, 100_003: {1}, 200_006: {2, 3}, 300_009: {0}}  # items each pass (sample seed) gets right
+    calls = []
+
+    def fake_policy(engine, prompts, env_id, kw, *, num_items, seed, metric, **_):
+        calls.append(seed)
+        items = [ItemOutcome(i, f"t{i}", i in solved[seed], 0.0, 1, f"r{seed}") for i in range(num_items)]
+        return EvalResult(metric, sum(i.success for i in items) / num_items, num_items, items)
+
+    monkeypatch.setattr(suites, "evaluate_policy", fake_policy)
+    suite = get_suite("math-l1").with_overrides(num_items=4)
+    whole = suites.run_suite(suite.with_overrides(num_samples=4), None, tokenizer)
+    calls.clear()
+    first = suites.run_suite(suite, None, tokenizer)  # one pass: no per-sample lists yet
+    rest = suites.run_suite(suite.with_overrides(num_samples=3), None, tokenizer, first_sample=1)
+    assert calls == [0, 100_003, 200_006, 300_009]  # the later part drew only the new passes, with their own seeds
+    merged = suites.merge_samples(first, rest)
+    for key in ("accuracy", "by_sample", "pass@1"):
+        assert merged[key] == pytest.approx(whole[key])
+    assert merged["items"] == whole["items"] and merged["settings"]["num_samples"] == 4
+    assert merged["by_sample"] == [0.5, 0.25, 0.5, 0.25]
+    with pytest.raises(UserError, match="must start at pass 1"):
+        suites.merge_samples(first, suites.run_suite(suite.with_overrides(num_samples=2), None, tokenizer, first_sample=2))
+    with pytest.raises(UserError, match="differing settings: temperature"):
+        suites.merge_samples(first, suites.run_suite(suite.with_overrides(temperature=0.5), None, tokenizer, first_sample=1))

@@ -27,7 +27,13 @@ from onelayer.benchmarks.contribution import (
     pearson,
     spearman,
 )
-from onelayer.benchmarks.sweep_results import JobResult, layer_contributions, load_results
+from onelayer.benchmarks.sweep_results import (
+    JobResult,
+    layer_contributions,
+    load_results,
+    lr_scales_of,
+    primary_lr_scale,
+)
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json, atomic_write_text, read_jsonl
 
@@ -51,6 +57,8 @@ class Row:
     ci_high: float | None
     note: str
     weight_change: float | None
+    lr_scale: float = 1.0
+    """The single-layer lr scale of the target's jobs (base and full: the scale the row's table compares with)."""
 
 
 def _target_key(t: str) -> tuple:
@@ -94,20 +102,22 @@ def _all_scores(results: list[JobResult], domain: str) -> list[JobResult]:
     return out
 
 
-def build_rows(results: list[JobResult]) -> list[Row]:
-    """Every (domain, algo, suite, target) contribution row; suite ``all`` is C_all."""
+def build_rows(results: list[JobResult], lr_scale: float | None = None, in_domain_only: bool = False) -> list[Row]:
+    """Every (domain, algo, suite, target) contribution row; suite ``all`` is C_all. Single-layer jobs of one lr
+    scale: ``lr_scale``, or each domain's primary one (1 when it ran)."""
     rows: list[Row] = []
     domains = list(dict.fromkeys(r.domain for r in results))
     for domain in domains:
+        scale = primary_lr_scale([r for r in results if r.domain == domain]) if lr_scale is None else lr_scale
         algos = sorted({r.algo for r in results if r.domain == domain and r.method != "base"})
         dom_results = [r for r in results if r.domain == domain]
         suites = list(dict.fromkeys(s for r in dom_results for s in r.scores))
         with_all = _all_scores(results, domain)
         for algo in algos:
             change = _mean_change(results, domain, algo)
-            for suite in [None, *suites, *(["all"] if with_all else [])]:
+            for suite in [None] if in_domain_only else [None, *suites, *(["all"] if with_all else [])]:
                 source = with_all if suite == "all" else results
-                scores = layer_contributions(source, domain, suite=suite, algo=algo)
+                scores = layer_contributions(source, domain, suite=suite, algo=algo, lr_scale=scale)
                 targets = sorted((t for t in scores if t not in ("base", "full")), key=_target_key)
                 for t in ["base", "full", *targets]:
                     if t not in scores:
@@ -121,7 +131,7 @@ def build_rows(results: list[JobResult]) -> list[Row]:
                         est.mean if est and est.defined else None,
                         est.ci_low if est else None, est.ci_high if est else None,
                         note if (est is None or not est.defined or est.ci_low is None) else "",
-                        change.get(layer) if layer is not None else None))
+                        change.get(layer) if layer is not None else None, scale))
     return rows
 
 
@@ -194,6 +204,78 @@ def _correlations(rows: list[Row]) -> dict:
                 x, y = [series[a][k] for k in common], [series[b][k] for k in common]
                 out[f"{a} vs {b}"] = {"layers": common, "spearman": spearman(x, y), "kendall": kendall_tau(x, y)}
     return out
+
+
+def _scale_comparison(results: list[JobResult]) -> dict:
+    """Does the layer ranking change with the single-layer lr scale? Per (domain, algo): each scale's in-domain
+    contributions and the Spearman / Kendall correlation between every pair of scales over their common layers."""
+    out: dict = {"scales": lr_scales_of(results), "by_series": {}}
+    for domain in dict.fromkeys(r.domain for r in results):
+        dom = [r for r in results if r.domain == domain]
+        scales = lr_scales_of(dom)
+        if len(scales) < 2:
+            continue
+        per_scale = {s: build_rows(dom, lr_scale=s, in_domain_only=True) for s in scales}
+        for algo in sorted({r.algo for r in dom if r.method == "layer"}):
+            series = {s: {r.layer: r for r in rows if r.algo == algo and r.layer is not None and r.target == str(r.layer)}
+                      for s, rows in per_scale.items()}
+            pairs = {}
+            for i, a in enumerate(scales):
+                for b in scales[i + 1:]:
+                    common = sorted(k for k in set(series[a]) & set(series[b])
+                                    if series[a][k].contribution is not None and series[b][k].contribution is not None)
+                    entry: dict = {"layers": common}
+                    if len(common) >= 3:
+                        x = [series[a][k].contribution for k in common]
+                        y = [series[b][k].contribution for k in common]
+                        entry.update(spearman=spearman(x, y), kendall=kendall_tau(x, y),
+                                     top_layer={f"{a:g}": common[int(np.argmax(x))], f"{b:g}": common[int(np.argmax(y))]})
+                    else:
+                        entry["note"] = "fewer than 3 layers with a defined contribution at both scales"
+                    pairs[f"x{a:g} vs x{b:g}"] = entry
+            out["by_series"][f"{domain}/{algo}"] = {
+                "contributions": {f"{s:g}": {str(k): {"contribution": r.contribution, "ci_low": r.ci_low,
+                                                       "ci_high": r.ci_high, "n_seeds": r.n_seeds}
+                                              for k, r in sorted(series[s].items())} for s in scales},
+                "rank_correlations": pairs}
+    return out
+
+
+def _scale_markdown(cmp: dict) -> list[str]:
+    lines = ["## Single-layer lr scale: does the ranking change?", ""]
+    if not cmp["by_series"]:
+        scales = ", ".join(f"x{s:g}" for s in cmp["scales"]) or "none"
+        return lines + [f"- single-layer jobs at one lr scale ({scales}): rerun the sweep with another "
+                        "`--single-layer-lr-scale` (e.g. `1,4`) to compare the rankings", ""]
+    for key, entry in cmp["by_series"].items():
+        scales = list(entry["contributions"])
+        layers = sorted({int(k) for c in entry["contributions"].values() for k in c})
+        lines += [f"{key}: in-domain C_l per scale (95% CI over seeds; n = seeds)", "",
+                  "| layer | " + " | ".join(f"x{s}" for s in scales) + " |",
+                  "| --- | " + " | ".join("---" for _ in scales) + " |"]
+        for k in layers:
+            cells = []
+            for s in scales:
+                c = entry["contributions"][s].get(str(k))
+                if c is None:
+                    cells.append("")
+                    continue
+                ci = f" [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if c["ci_low"] is not None else ""
+                cells.append(f"{_fmt(c['contribution'])}{ci} (n={c['n_seeds']})")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [_scale_line(key, pair, v) for pair, v in entry["rank_correlations"].items()]
+        lines.append("")
+    return lines
+
+
+def _scale_line(key: str, pair: str, v: dict) -> str:
+    if "spearman" not in v:
+        return f"- {key} {pair}: not computed ({v['note']})"
+    tops = ", ".join(f"x{s}: layer {layer}" for s, layer in v["top_layer"].items())
+    same = "same" if len(set(v["top_layer"].values())) == 1 else "different"
+    return (f"- {key} {pair}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}; "
+            f"top layer {same} ({tops})")
 
 
 def _change_correlation(rows: list[Row]) -> dict:
@@ -313,18 +395,22 @@ def write_report(sweep_dir: str | Path) -> Path:
     depth = {f"{d}/{a}": _depth_groups(rows, d, a, num_layers, results) for d, a in keys}
     corr = _correlations(rows)
     change_corr = _change_correlation(rows)
-    curves = _learning_curves(results)
+    scale_cmp = _scale_comparison(results)
+    primary = {d: primary_lr_scale([r for r in results if r.domain == d]) for d in {r.domain for r in results}}
+    curves = _learning_curves([r for r in results if r.method != "layer" or r.lr_scale == primary[r.domain]])
     plots = _plots(rows, curves, out, num_layers)
 
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([f.name for f in Row.__dataclass_fields__.values()])
-    for r in rows:
+    extra_scale_rows = [r for s in scale_cmp["scales"] for r in build_rows(results, lr_scale=s, in_domain_only=True)
+                        if r.target not in ("base", "full") and r.lr_scale != primary[r.domain]]
+    for r in rows + extra_scale_rows:
         w.writerow(list(asdict(r).values()))
     atomic_write_text(out / "contributions.csv", buf.getvalue())
     atomic_write_json(out / "numbers.json", {
         "rows": [asdict(r) for r in rows], "depth_groups": depth, "rank_correlations": corr,
-        "weight_change_vs_contribution": change_corr, "learning_curves": curves,
+        "weight_change_vs_contribution": change_corr, "lr_scales": scale_cmp, "learning_curves": curves,
         "jobs": [asdict(r) for r in results]})
 
     spec = meta.get("spec", {})
@@ -338,6 +424,8 @@ def write_report(sweep_dir: str | Path) -> Path:
             summary.append(f"middle vs first/last layers: mean C first {_fmt(mc['first'])}, middle {_fmt(mc['middle'])}, "
                            f"last {_fmt(mc['last'])}; middle higher than the ends in {g['middle_higher_in']} of "
                            f"{g['seeds_compared']} seeds")
+        for pair, v in scale_cmp["by_series"].get(f"{d}/{a}", {}).get("rank_correlations", {}).items():
+            summary.append(_scale_line("single-layer lr scale", pair, v))
         summary.append("")
     summary_text = "\n".join(summary)
     atomic_write_text(out / "summary.txt", summary_text + "\n")
@@ -349,7 +437,8 @@ def write_report(sweep_dir: str | Path) -> Path:
           f"- model: `{spec.get('model')}` ({num_layers} layers); algorithm(s): {', '.join(spec.get('algos', []))}",
           f"- domains: {', '.join(spec.get('domains', []))}; seeds: {meta.get('all', {}).get('seeds')}",
           f"- budget: {spec.get('steps')} RL steps per job; lr {spec.get('lr') or 'TrainConfig default'} for every job; "
-          f"single-layer lr scale {spec.get('single_layer_lr_scale')}",
+          "single-layer lr scale(s) " + (", ".join(f"x{s:g}" for s in scale_cmp["scales"]) or "none")
+          + " (contribution tables use x1 when it ran, else the smallest; the scale section compares the scales)",
           f"- training options per domain: `{json.dumps(meta.get('train_options'))}`",
           f"- evaluation suites per domain: `{json.dumps(meta.get('eval_suites'))}`"
           + (f", {spec.get('eval_items')} items each" if spec.get("eval_items") else ""),
@@ -378,7 +467,8 @@ def write_report(sweep_dir: str | Path) -> Path:
     md += ["", "## Rank correlation of layer contributions", ""]
     md += [f"- {k}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}"
            for k, v in corr.items()] or ["- needs two domains or algorithms sharing at least 3 layers with defined contributions"]
-    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    md += [""] + _scale_markdown(scale_cmp)
+    md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "Every number: `numbers.json`, `contributions.csv`; every evaluated item: `jobs/*/suites.json`."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     return out / "report.md"

@@ -17,7 +17,10 @@ results comparable (model, steps, lr, data, evaluation) is refused.
 
 Learning rates follow the paper's rule: one lr (the full-parameter one) for
 every job; ``single_layer_lr_scale`` multiplies it for single-layer jobs and is
-recorded in every result.
+recorded in every result. It may list several scales: each runs every
+single-layer target (base and full are shared), rerunning a sweep with another
+scale adds that scale's jobs, and the report compares the layer rankings of the
+scales (Spearman, Kendall). Job ids of scales other than 1 end in ``-xSCALE``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from pathlib import Path
 import torch
 
 from onelayer.benchmarks.suites import DEFAULT_SUITE, SUITES, get_suite, run_suites
-from onelayer.benchmarks.sweep_results import JobResult, append_result, load_results, results_path
+from onelayer.benchmarks.sweep_results import (
+    JobResult,
+    append_result,
+    done_job_ids,
+    load_results,
+    results_path,
+    scale_suffix,
+)
 from onelayer.envs import check_env_id, env_domain
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.errors import UserError
@@ -67,8 +77,9 @@ class SweepSpec:
     steps: int = 10
     lr: float | None = None
     """The full-parameter lr, used for every job (default: TrainConfig's)."""
-    single_layer_lr_scale: float = 1.0
-    """Multiplier of ``lr`` for single-layer jobs (1.0 = the paper's rule); recorded in the results."""
+    single_layer_lr_scale: float | list = 1.0
+    """Multiplier of ``lr`` for single-layer jobs (1.0 = the paper's rule), or a list of them (every single-layer
+    target runs at each; the report compares the rankings); recorded in the results."""
     baseline: bool = True
     full: bool = True
     suites: dict = field(default_factory=dict)
@@ -89,7 +100,8 @@ class SweepSpec:
     preset: str | None = None
 
     # Settings that must match for results to be comparable (resume / extension check).
-    IDENTITY = ("model", "steps", "lr", "single_layer_lr_scale", "suites", "extra_suites", "transfer", "eval_items",
+    # (The single-layer lr scale is not one: each scale's jobs are apart, with their own ids.)
+    IDENTITY = ("model", "steps", "lr", "suites", "extra_suites", "transfer", "eval_items",
                 "train", "insert_layer")
 
     def identity(self) -> dict:
@@ -102,6 +114,17 @@ class SweepSpec:
         if unknown:
             raise UserError(f"unknown sweep option(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         return cls(**d)
+
+    def lr_scales(self) -> list[float]:
+        """The single-layer lr scales, in the order given."""
+        raw = self.single_layer_lr_scale
+        scales = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        for s in scales:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
+                raise UserError(f"--single-layer-lr-scale takes positive numbers (1 or 1,4), got {raw!r}")
+        if not scales:
+            raise UserError("--single-layer-lr-scale needs at least one scale (1 = the paper's rule)")
+        return list(dict.fromkeys(float(s) for s in scales))
 
     # ------------------------------------------------------------ resolution
     def domain_suites(self, domain: str) -> list[str]:
@@ -175,12 +198,15 @@ class Job:
     layer: int | None = None
     options: tuple = ()
     """Extra TrainConfig options as (name, value) pairs (comparison methods: layer_lr, lora_matched_to)."""
+    lr_scale: float = 1.0
+    """Single-layer jobs: the multiplier of the sweep lr."""
 
     @property
     def id(self) -> str:
         if self.method == "base":
             return f"{_safe(self.domain)}/base"
-        name = f"layer-{self.target.replace('@', '-')}" if self.method == "layer" else self.method
+        name = (f"layer-{self.target.replace('@', '-')}{scale_suffix(self.lr_scale)}" if self.method == "layer"
+                else self.method)
         return f"{_safe(self.domain)}/{self.algo}/s{self.seed}/{name}"
 
 
@@ -189,9 +215,11 @@ def _safe(text: str) -> str:
 
 
 def plan_jobs(spec: SweepSpec, num_layers: int) -> list[Job]:
-    """Every job of the spec: per domain the base model once, then per seed and algo full and each target."""
+    """Every job of the spec: per domain the base model once, then per seed and algo full and each target at
+    each single-layer lr scale."""
     jobs: list[Job] = []
     targets = spec.targets(num_layers)
+    scales = spec.lr_scales()
     for domain in spec.domains:
         if spec.baseline:
             jobs.append(Job(domain, "none", -1, "base", "none"))
@@ -199,10 +227,11 @@ def plan_jobs(spec: SweepSpec, num_layers: int) -> list[Job]:
             for algo in spec.algos:
                 if spec.full:
                     jobs.append(Job(domain, algo, seed, "full", "all"))
-                for t in targets:
-                    jobs.append(Job(domain, algo, seed, "layer", t, int(t.split(".")[0])))
-                for at in spec.insert_at:
-                    jobs.append(Job(domain, algo, seed, "layer", f"insert@{at}", int(at)))
+                for scale in scales:
+                    for t in targets:
+                        jobs.append(Job(domain, algo, seed, "layer", t, int(t.split(".")[0]), lr_scale=scale))
+                    for at in spec.insert_at:
+                        jobs.append(Job(domain, algo, seed, "layer", f"insert@{at}", int(at), lr_scale=scale))
     return jobs
 
 
@@ -217,7 +246,7 @@ def job_train_config(spec: SweepSpec, job: Job, run_dir: Path):
     if job.method == "full":  # full-parameter RL: every weight, embeddings, final norm and LM head included
         opts["also_train"] = ["embeddings", "final_norm", "lm_head"]
     if job.method == "layer":  # the trainer applies it to single-block selections and records it
-        opts["single_layer_lr_scale"] = spec.single_layer_lr_scale
+        opts["single_layer_lr_scale"] = job.lr_scale
     if job.target.startswith("insert@"):
         opts.update(layers=str(job.layer), insert_layer=spec.insert_layer, insert_at=job.layer)
     else:
@@ -366,7 +395,7 @@ def run_job(spec: SweepSpec, job: Job, sweep_dir: Path, cache: ModelCache, progr
         extra["missing_suites"] = missing
     return JobResult(job=job.id, domain=job.domain, seed=job.seed, method=job.method, target=job.target,
                      layer=job.layer, algo=job.algo, score=scores[own], scores=scores, lr=lr,
-                     lr_scale=spec.single_layer_lr_scale if job.method == "layer" else 1.0, run_dir=str(run_dir),
+                     lr_scale=job.lr_scale if job.method == "layer" else 1.0, run_dir=str(run_dir),
                      wall_s=time.time() - t0, peak_rss_mb=_peak_memory_mb(), weight_change=change, extra=extra)
 
 
@@ -403,6 +432,7 @@ def _write_spec(sweep_dir: Path, spec: SweepSpec, num_layers: int) -> None:
         "domains": list(dict.fromkeys([*seen.get("domains", []), *spec.domains])),
         "algos": list(dict.fromkeys([*seen.get("algos", []), *spec.algos])),
         "seeds": sorted(set(seen.get("seeds", [])) | set(spec.seeds)),
+        "lr_scales": sorted(set(seen.get("lr_scales", [1.0])) | set(spec.lr_scales())),
     }
     import platform
 
@@ -444,8 +474,7 @@ def validate_spec(spec: SweepSpec) -> None:
         raise UserError(f"--seeds must be a count (3 = seeds 0,1,2) or a list of non-negative seeds, got {spec.seeds}")
     if spec.steps < 1:
         raise UserError(f"--steps must be >= 1, got {spec.steps}")
-    if spec.single_layer_lr_scale <= 0:
-        raise UserError(f"--single-layer-lr-scale must be > 0, got {spec.single_layer_lr_scale}")
+    spec.lr_scales()
     if spec.executor not in EXECUTORS:
         raise UserError(f"unknown executor {spec.executor!r}: use local or ray")
     if spec.eval_items is not None and spec.eval_items < 1:
@@ -483,7 +512,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log
     num_layers = cache.num_layers() if cache is not None else _num_layers_of(spec.model)
     jobs = jobs if jobs is not None else plan_jobs(spec, num_layers)
     _write_spec(sweep_dir, spec, num_layers)
-    done = {r.job for r in load_results(sweep_dir)} if results_path(sweep_dir).is_file() else set()
+    done = done_job_ids(load_results(sweep_dir)) if results_path(sweep_dir).is_file() else set()
     todo = [j for j in jobs if j.id not in done]
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"({spec.executor} executor)")

@@ -60,6 +60,33 @@ class JobResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def scale_suffix(lr_scale: float) -> str:
+    """What a single-layer job's id adds for its lr scale: nothing for 1 (the paper's rule), else ``-x4``."""
+    return "" if lr_scale == 1.0 else f"-x{lr_scale:g}"
+
+
+def done_job_ids(results: list[JobResult]) -> set[str]:
+    """The ids of finished jobs. A single-layer job of a sweep with one scale other than 1, recorded before scales
+    had their own ids, counts as that scale's job."""
+    out = set()
+    for r in results:
+        suffix = scale_suffix(r.lr_scale) if r.method == "layer" else ""
+        out.add(r.job if r.job.endswith(suffix) else r.job + suffix)
+    return out
+
+
+def lr_scales_of(results: list[JobResult]) -> list[float]:
+    """The single-layer lr scales a sweep's results hold, smallest first."""
+    return sorted({float(r.lr_scale) for r in results if r.method == "layer"})
+
+
+def primary_lr_scale(results: list[JobResult]) -> float:
+    """The scale whose single-layer jobs give a sweep's main contributions and ranking: 1 (the paper's rule) when
+    present, else the smallest."""
+    scales = lr_scales_of(results)
+    return 1.0 if not scales or 1.0 in scales else scales[0]
+
+
 def results_path(sweep_dir: str | Path) -> Path:
     return Path(sweep_dir) / RESULTS_FILE
 
@@ -84,21 +111,26 @@ def load_results(sweep_dir: str | Path) -> list[JobResult]:
 
 
 def layer_contributions(results: list[JobResult], domain: str, suite: str | None = None,
-                        algo: str | None = None, method: str = "layer") -> dict[str, dict[int, float]]:
+                        algo: str | None = None, method: str = "layer",
+                        lr_scale: float | None = None) -> dict[str, dict[int, float]]:
     """Scores per target for one training domain: ``{target: {seed: score}}``, plus ``base`` and ``full``.
 
     ``suite`` picks a suite's score (``scores[suite]``, e.g. a transfer suite)
     instead of the in-domain one; ``algo`` keeps one algorithm's jobs when a
     sweep ran several. The base model is evaluated once per domain (its
     greedy/seeded suites do not depend on the training seed), so its score is
-    paired with every seed.
+    paired with every seed. Single-layer jobs come from one lr scale: ``lr_scale``, or
+    by default :func:`primary_lr_scale`.
     """
+    scale = primary_lr_scale([r for r in results if r.domain == domain]) if lr_scale is None else float(lr_scale)
     out: dict[str, dict[int, float]] = {}
     seeds = sorted({r.seed for r in results if r.domain == domain and r.method != "base"})
     for r in results:
         if r.domain != domain or r.method not in ("base", "full", method):
             continue
         if algo is not None and r.method != "base" and r.algo != algo:
+            continue
+        if r.method == "layer" and float(r.lr_scale) != scale:
             continue
         value = r.score if suite is None else r.scores.get(suite)
         if value is None:
@@ -113,7 +145,8 @@ def layer_ranking(sweep_dir: str | Path, domain: str) -> dict[int, float]:
     """Mean layer contribution per block index for ``domain`` (ratio of seed means, paired seeds).
 
     Used by ``--layers top:K@SWEEP_DIR``. Raises a UserError when the sweep has no
-    results for that domain or lacks its base/full runs.
+    results for that domain or lacks its base/full runs. A sweep of several
+    single-layer lr scales ranks by :func:`primary_lr_scale` (1 when it ran).
     """
     from onelayer.benchmarks.contribution import layer_contribution
 
@@ -131,8 +164,11 @@ def layer_ranking(sweep_dir: str | Path, domain: str) -> dict[int, float]:
         raise UserError(f"sweep {sweep_dir} lacks the base or full-parameter run for domain {domain!r}: "
                         "resume the sweep so they finish")
     ranking: dict[int, float] = {}
+    scale = primary_lr_scale([r for r in results if r.domain == domain])
     for r in results:
         if r.domain != domain or r.method != "layer" or r.layer is None or r.target != str(r.layer):
+            continue
+        if float(r.lr_scale) != scale:
             continue
         per_layer = scores[r.target]
         seeds = sorted(set(per_layer) & set(scores["base"]) & set(scores["full"]))

@@ -319,6 +319,17 @@ def _parse_seeds(text: str) -> list[int]:
         raise UserError(f"--seeds takes a count (3 = seeds 0,1,2) or a comma list (0,5,7), got {text!r}") from None
 
 
+def _parse_scales(text: str) -> float | list[float]:
+    """``4`` = one single-layer lr scale; ``1,4`` lists several."""
+    try:
+        scales = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--single-layer-lr-scale takes a number or a comma list (1,4), got {text!r}") from None
+    if not scales or any(not s > 0 for s in scales):
+        raise UserError(f"--single-layer-lr-scale takes positive numbers (1 or 1,4), got {text!r}")
+    return scales[0] if len(scales) == 1 else scales
+
+
 @app.command("sweep")
 @_user_errors
 def sweep_cmd(
@@ -331,7 +342,7 @@ def sweep_cmd(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 0,5,7 lists them. Default: 3."),
     steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per training job. Default: 10."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The full-parameter lr, used for every job (the paper's rule)."),
-    single_layer_lr_scale: Optional[float] = typer.Option(None, "--single-layer-lr-scale", help="Multiply lr for single-layer jobs (recorded). Default: 1."),
+    single_layer_lr_scale: Optional[str] = typer.Option(None, "--single-layer-lr-scale", help="Multiply lr for single-layer jobs (recorded); a list (1,4) runs each and the report compares the rankings. Default: 1."),
     suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites, each used for its own domain (first = in-domain score)."),
     extra_suites: Optional[str] = typer.Option(None, "--extra-suites", help="Suites evaluated on every job too (transfer)."),
     transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's suites."),
@@ -365,7 +376,8 @@ def sweep_cmd(
     if preset:
         data.update(preset_spec(preset))
     flags = {
-        "model": model, "steps": steps, "lr": lr, "single_layer_lr_scale": single_layer_lr_scale,
+        "model": model, "steps": steps, "lr": lr,
+        "single_layer_lr_scale": _parse_scales(single_layer_lr_scale) if single_layer_lr_scale else None,
         "transfer": transfer, "eval_items": eval_items, "insert_layer": insert_layer, "baseline": baseline,
         "full": full, "executor": executor, "cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job,
         "layers": layers,

@@ -114,3 +114,42 @@ def test_layer_ranking_for_top_k_selection(tmp_path):
         layer_ranking(d, "agentic")
     with pytest.raises(UserError, match="does not exist"):
         layer_ranking(tmp_path / "nope", "math")
+
+
+SCALED = {0: [0.45, 0.47, 0.43], 2: [0.42, 0.44, 0.40], 3: [0.35, 0.36, 0.34], 5: [0.33, 0.31, 0.32]}  # math, x4
+
+
+def test_lr_scales_are_compared_by_rank_and_leave_the_main_tables_alone(tmp_path):
+    d = _store(tmp_path, domains=("math",))
+    before = build_rows(load_results(d))
+    for s in range(3):
+        for layer, vals in SCALED.items():
+            append_result(d, JobResult(f"math/grpo/s{s}/layer-{layer}-x4", "math", s, "layer", str(layer), layer,
+                                       "grpo", vals[s], {"math-l1": vals[s], "humaneval": 0.25}, lr_scale=4.0))
+    results = load_results(d)
+    assert build_rows(results) == before  # x1 (the paper's rule) stays the main table
+    assert layer_ranking(d, "math") == pytest.approx({x: _c("math", x) for x in LAYER["math"]})
+    scaled = build_rows(results, lr_scale=4.0, in_domain_only=True)
+    (r,) = [r for r in scaled if r.target == "0"]
+    c4 = {x: (np.mean(v) - BASE["math"]) / (np.mean(FULL["math"]) - BASE["math"]) for x, v in SCALED.items()}
+    assert r.contribution == pytest.approx(c4[0]) and r.lr_scale == 4.0 and {r.suite for r in scaled} == {"in-domain"}
+    path = write_report(d)
+    nums = json.loads((path.parent / "numbers.json").read_text())
+    assert nums["lr_scales"]["scales"] == [1.0, 4.0]
+    pair = nums["lr_scales"]["by_series"]["math/grpo"]["rank_correlations"]["x1 vs x4"]
+    layers = sorted(LAYER["math"])
+    c1 = [_c("math", x) for x in layers]
+    assert pair["layers"] == layers
+    assert pair["spearman"] == pytest.approx(stats.spearmanr(c1, [c4[x] for x in layers]).statistic)
+    assert pair["kendall"] == pytest.approx(stats.kendalltau(c1, [c4[x] for x in layers]).statistic)
+    assert pair["top_layer"] == {"1": 2, "4": 0}
+    md, summary = path.read_text(), (path.parent / "summary.txt").read_text()
+    assert "## Single-layer lr scale: does the ranking change?" in md and "| 0 | 0.10 [" in md
+    assert "single-layer lr scale x1 vs x4: Spearman" in summary and "top layer different" in summary
+    csv_rows = (path.parent / "contributions.csv").read_text().splitlines()
+    assert sum(line.endswith(",4.0") for line in csv_rows) == len(SCALED)
+
+
+def test_a_sweep_of_one_scale_says_how_to_compare_scales(tmp_path):
+    path = write_report(_store(tmp_path, domains=("math",)))
+    assert "rerun the sweep with another `--single-layer-lr-scale`" in path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -73,6 +74,26 @@ def test_plan_has_one_base_then_full_and_each_target_per_seed():
         SweepSpec(layers="0,9").targets(4)
 
 
+def test_each_single_layer_lr_scale_plans_its_own_jobs():
+    from onelayer.benchmarks.sweep_results import JobResult, done_job_ids
+
+    spec = SweepSpec(domains=["math"], algos=["grpo"], layers="0,2", seeds=[0], single_layer_lr_scale=[1, 4, 0.5])
+    jobs = plan_jobs(spec, 4)
+    assert [j.id for j in jobs] == ["math/base", "math/grpo/s0/full", "math/grpo/s0/layer-0", "math/grpo/s0/layer-2",
+                                    "math/grpo/s0/layer-0-x4", "math/grpo/s0/layer-2-x4", "math/grpo/s0/layer-0-x0.5",
+                                    "math/grpo/s0/layer-2-x0.5"]
+    assert [j.lr_scale for j in jobs[2:]] == [1.0, 1.0, 4.0, 4.0, 0.5, 0.5]
+    cfg = job_train_config(dataclasses.replace(spec, lr=1e-3), jobs[4], Path("unused"))
+    assert cfg.single_layer_lr_scale == 4.0 and cfg.lr == 1e-3  # the trainer multiplies (and records) it
+    assert "single_layer_lr_scale" not in spec.identity()  # another scale extends a sweep instead of being refused
+    # a job of a one-scale sweep recorded before scales had their own ids counts as done
+    legacy = JobResult("math/grpo/s0/layer-0", "math", 0, "layer", "0", 0, "grpo", 0.3, {}, lr_scale=4.0)
+    assert done_job_ids([legacy]) == {"math/grpo/s0/layer-0-x4"}
+    for bad in ([], [1, 0], [-2], ["x"]):
+        with pytest.raises(UserError, match="single-layer-lr-scale"):
+            SweepSpec(single_layer_lr_scale=bad).lr_scales()
+
+
 def test_sweep_runs_every_job_writes_a_report_and_resumes_and_extends(tiny_model_dirs, tmp_path):
     runner = CliRunner()
     out = tmp_path / "sw"
@@ -105,6 +126,17 @@ def test_sweep_runs_every_job_writes_a_report_and_resumes_and_extends(tiny_model
 
     res = runner.invoke(app, _sweep_args(tiny_model_dirs["qwen3"], out, steps=4))  # other budget: refused
     assert res.exit_code == 2 and "steps: 3 -> 4" in res.output
+
+    res = runner.invoke(app, _sweep_args(tiny_model_dirs["qwen3"], out, layers="0,3", seeds="0,",  # another lr scale
+                                         extra=("--single-layer-lr-scale", "4")))
+    assert res.exit_code == 0, res.output
+    scaled = _results(out)
+    assert set(scaled) - set(ext) == {"math/grpo/s0/layer-0-x4", "math/grpo/s0/layer-3-x4"}
+    r4 = scaled["math/grpo/s0/layer-3-x4"]
+    assert r4.lr_scale == 4.0 and r4.lr == pytest.approx(4 * got["math/grpo/s0/layer-3"].lr)
+    assert json.loads((Path(r4.run_dir) / "config.json").read_text())["single_layer_lr_scale"] == 4.0
+    assert "x1 vs x4: not computed" in (out / "report" / "report.md").read_text()  # 2 layers: too few to rank
+    assert json.loads((out / "sweep.json").read_text())["all"]["lr_scales"] == [1.0, 4.0]
 
 
 def test_sweep_killed_with_sigkill_resumes_to_the_same_results(tiny_model_dirs, tmp_path):
@@ -201,6 +233,8 @@ def test_bad_sweep_options_fail_before_any_work(tmp_path):
         (["--preset", "huge"], "unknown sweep preset"),
         (["--insert-layer", "onelayer.training.insert:identity_copy"], "--at"),
         (["--train", "num_generations=1"], "num_generations"),
+        (["--single-layer-lr-scale", "1,x"], "--single-layer-lr-scale takes"),
+        (["--single-layer-lr-scale", "0"], "positive numbers"),
     ]:
         res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "bad"), *args])
         assert res.exit_code == 2, (args, res.output)

@@ -330,6 +330,25 @@ def _parse_scales(text: str) -> float | list[float]:
     return scales[0] if len(scales) == 1 else scales
 
 
+def _sweep_spec(data: dict, flags: dict, suites: str | None):
+    """A SweepSpec from stored/preset settings ``data`` with the command line's ``flags`` (None = not given) on top;
+    ``--suites`` is a comma list, each suite used for its own domain."""
+    from onelayer.benchmarks.sweep import SweepSpec
+
+    if suites:
+        from onelayer.benchmarks.suites import get_suite
+
+        by_domain: dict = {}
+        for name in (n.strip() for n in suites.split(",") if n.strip()):
+            by_domain.setdefault(get_suite(name).domain, []).append(name)
+        flags = {**flags, "suites": by_domain}
+    return SweepSpec.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 @app.command("sweep")
 @_user_errors
 def sweep_cmd(
@@ -362,7 +381,6 @@ def sweep_cmd(
     """Layer sweep: base, full-parameter RL and single-layer RL per domain and seed; layer contribution report."""
     from onelayer.benchmarks.sweep import (
         SPEC_FILE,
-        SweepSpec,
         log_stderr,
         plan_jobs,
         preset_spec,
@@ -381,10 +399,9 @@ def sweep_cmd(
         "transfer": transfer, "eval_items": eval_items, "insert_layer": insert_layer, "baseline": baseline,
         "full": full, "executor": executor, "cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job,
         "layers": layers,
-        "domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
-        "algos": [a.strip() for a in algo.split(",") if a.strip()] if algo else None,
+        "domains": _comma_list(domains), "algos": _comma_list(algo),
         "seeds": _parse_seeds(seeds) if seeds else None,
-        "extra_suites": [n.strip() for n in extra_suites.split(",") if n.strip()] if extra_suites else None,
+        "extra_suites": _comma_list(extra_suites),
         "train": _parse_mapping(train, "--train") if train else None,
     }
     if at:
@@ -392,15 +409,7 @@ def sweep_cmd(
             flags["insert_at"] = [int(a) for a in at.split(",") if a.strip()]
         except ValueError:
             raise UserError(f"--at takes block indices (15 or 12,15), got {at!r}") from None
-    if suites:
-        from onelayer.benchmarks.suites import get_suite
-
-        by_domain: dict = {}
-        for name in (n.strip() for n in suites.split(",") if n.strip()):
-            by_domain.setdefault(get_suite(name).domain, []).append(name)
-        flags["suites"] = by_domain
-    data.update({k: v for k, v in flags.items() if v is not None})
-    spec = SweepSpec.from_dict(data)
+    spec = _sweep_spec(data, flags, suites)
     if dry_run:
         from onelayer.benchmarks.sweep import validate_spec
 
@@ -414,6 +423,53 @@ def sweep_cmd(
     run_sweep(spec, out, progress=not quiet, log=log_stderr)
     if report:
         _write_and_print_report(out)
+
+
+@app.command("tune-lr")
+@_user_errors
+def tune_lr_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory of the search (tune_lr.json, tune_lr.md, one sweep directory per lr); rerun to resume."),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Comma list of full-parameter lrs. Default: a third of, once and three times the preset's (or the trainer's) lr."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Take the budget, data, suites and algorithm of this sweep preset (flags override)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model (HF id, dir, .gguf, smollm2-135m)."),
+    domains: Optional[str] = typer.Option(None, "--domains", help="math,code,agentic (or env ids). Default: the preset's, else math."),
+    algo: Optional[str] = typer.Option(None, "--algo", help="gigpo, grpo, drgrpo (a comma list tunes each). Default: the preset's, else gigpo."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds per lr: 2 = seeds 0,1; 0,5 lists them. Default: 1 (seed 0)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per job (the sweep's budget). Default: the preset's, else 10."),
+    suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites (first per domain = the score compared)."),
+    eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Items per suite (overrides the suites' own count)."),
+    train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options for every job: key=value,... or JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
+):
+    """Full-parameter lr over a small grid on a sweep's budget (tune once, then use it for every job: the paper's rule)."""
+    from onelayer.benchmarks.tune_lr import RESULT_FILE, default_grid, run_tune_lr
+    from onelayer.training.config import TrainConfig
+
+    data: dict = {"seeds": [0]}
+    stored = out / RESULT_FILE
+    previous = json.loads(stored.read_text()) if stored.is_file() else None
+    if previous:
+        data.update(previous["spec"])
+    if preset:
+        from onelayer.benchmarks.sweep import preset_spec
+
+        data.update({k: v for k, v in preset_spec(preset).items() if k not in ("seeds", "layers")})
+    flags = {"model": model, "steps": steps, "eval_items": eval_items, "domains": _comma_list(domains),
+             "algos": _comma_list(algo), "seeds": _parse_seeds(seeds) if seeds else None,
+             "train": _parse_mapping(train, "--train") if train else None}
+    spec = _sweep_spec(data, flags, suites)
+    if lrs:
+        try:
+            grid = [float(x) for x in _comma_list(lrs)]
+        except ValueError:
+            raise UserError(f"--lrs takes a comma list of learning rates (1e-5,3e-5,1e-4), got {lrs!r}") from None
+    elif previous:
+        grid = previous["grid"]
+    else:
+        grid = default_grid(spec.lr if spec.lr is not None else TrainConfig.lr)
+    record = run_tune_lr(spec, grid, out, progress=not quiet)
+    typer.echo(record["table"])
+    typer.echo(f"lr search: {out / RESULT_FILE}")
 
 
 @app.command("compare")

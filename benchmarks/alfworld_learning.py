@@ -122,21 +122,25 @@ def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     larger ``samples`` adds only the missing passes."""
     from onelayer.agents.engine import HFEngine
     from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
-    from onelayer.benchmarks.suites import get_suite, merge_samples, run_suite
+    from onelayer.benchmarks.suites import extension_mismatch, get_suite, merge_samples, run_suite
 
     path = run_dir / "eval_sampled.json"
     done = json.loads(path.read_text()) if path.is_file() else None
     have = done["settings"]["num_samples"] if done else 0
     if have == samples:
         return done
-    if have > samples:  # fewer passes than stored: start over so every model has the same passes
-        done, have = None, 0
-    config = read_run_train_config(run_dir)
-    model, tok, _ = load_run_model(run_dir, config=config)
     suite = get_suite("alfworld-gen-easy-sampled").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
-        num_samples=samples - have, max_new_tokens=SETTINGS["max_new_tokens"],
-        max_turns=SETTINGS["max_turns"])
+        max_new_tokens=SETTINGS["max_new_tokens"], max_turns=SETTINGS["max_turns"])
+    if have > samples:  # fewer passes than stored: start over so every model has the same passes
+        done, have = None, 0
+    elif done is not None and extension_mismatch(done, suite):
+        print(f"{path} was evaluated otherwise ({', '.join(extension_mismatch(done, suite))} differ): starting over",
+              file=sys.stderr, flush=True)
+        done, have = None, 0
+    suite = suite.with_overrides(num_samples=samples - have)
+    config = read_run_train_config(run_dir)
+    model, tok, _ = load_run_model(run_dir, config=config)
     print(f"evaluating {run_dir.name}: sampled passes {have}..{samples - 1}", file=sys.stderr, flush=True)
     res = run_suite(suite, HFEngine(model, tok, max_batch_size=config.rollout_batch_size), tok,
                     history_length=config.history_length, action_format=config.action_format, first_sample=have)

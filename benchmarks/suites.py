@@ -21,6 +21,7 @@ and runs the others.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import time
@@ -235,6 +236,22 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
     return result
 
 
+_SAME_SETTINGS = ("max_new_tokens", "temperature", "k", "seed", "max_turns", "num_items")
+
+
+def extension_mismatch(done: dict, suite: Suite) -> list[str]:
+    """What differs between a stored result and more passes of ``suite`` (empty: they merge with
+    :func:`merge_samples`). The suite's name is not compared: overrides can make two names one evaluation."""
+    want = {"max_new_tokens": suite.max_new_tokens, "temperature": suite.temperature, "k": list(suite.k),
+            "seed": suite.seed, "max_turns": suite.max_turns}
+    if suite.num_items is not None:
+        want["num_items"] = suite.num_items
+    diff = [k for k, v in want.items() if done["settings"].get(k) != v]
+    diff += [k for k, v in (("env", suite.env), ("env_kwargs", env_kwargs_of(suite)), ("metric", suite.metric))
+             if done.get(k) != json.loads(json.dumps(v))]
+    return diff
+
+
 def merge_samples(done: dict, more: dict) -> dict:
     """One result from two of the same suite, ``more`` holding the passes right after ``done``'s.
 
@@ -243,11 +260,11 @@ def merge_samples(done: dict, more: dict) -> dict:
     mean over passes with ``by_sample``.
     """
     a, b = done["settings"], more["settings"]
-    same = ("max_new_tokens", "temperature", "k", "seed", "max_turns", "num_items")
-    diff = [k for k in same if a.get(k) != b.get(k)]
-    if done.get("suite") != more.get("suite") or diff:
+    diff = [k for k in _SAME_SETTINGS if a.get(k) != b.get(k)]
+    diff += [k for k in ("env", "env_kwargs", "metric") if done.get(k) != more.get(k)]
+    if diff:
         raise UserError(f"cannot merge samples of different evaluations ({done.get('suite')} vs {more.get('suite')}; "
-                        f"differing settings: {', '.join(diff) or 'none'})")
+                        f"differing: {', '.join(diff)})")
     start = a.get("first_sample", 0) + a["num_samples"]
     if b.get("first_sample", 0) != start:
         raise UserError(f"cannot merge samples: the second result must start at pass {start} "

@@ -174,5 +174,26 @@ def test_later_passes_merge_into_the_same_result_as_one_run(monkeypatch, tokeniz
     assert merged["by_sample"] == [0.5, 0.25, 0.5, 0.25]
     with pytest.raises(UserError, match="must start at pass 1"):
         suites.merge_samples(first, suites.run_suite(suite.with_overrides(num_samples=2), None, tokenizer, first_sample=2))
-    with pytest.raises(UserError, match="differing settings: temperature"):
+    with pytest.raises(UserError, match="differing: temperature"):
         suites.merge_samples(first, suites.run_suite(suite.with_overrides(temperature=0.5), None, tokenizer, first_sample=1))
+
+
+def test_a_stored_result_extends_only_with_passes_of_the_same_evaluation(monkeypatch, tokenizer):
+    from onelayer.agents.evaluation import EvalResult, ItemOutcome
+    from onelayer.benchmarks import suites
+
+    def fake_policy(engine, prompts, env_id, kw, *, num_items, seed, metric, **_):
+        items = [ItemOutcome(i, f"t{i}", i == seed % 3, 0.0, 1, "") for i in range(num_items)]
+        return EvalResult(metric, sum(i.success for i in items) / num_items, num_items, items)
+
+    monkeypatch.setattr(suites, "evaluate_policy", fake_policy)
+    suite = get_suite("math-l1").with_overrides(num_items=3, num_samples=2)
+    done = suites.run_suite(suite, None, tokenizer)
+    assert suites.extension_mismatch(done, suite) == []
+    renamed = dict(done, suite="my-math")  # another name for the same evaluation still extends
+    assert suites.extension_mismatch(renamed, suite) == []
+    merged = suites.merge_samples(renamed, suites.run_suite(suite.with_overrides(num_samples=1), None, tokenizer,
+                                                             first_sample=2))
+    assert merged["settings"]["num_samples"] == 3
+    assert suites.extension_mismatch(done, suite.with_overrides(max_new_tokens=7, env_kwargs={"level": 2})) == [
+        "max_new_tokens", "env_kwargs"]

@@ -208,7 +208,8 @@ def _correlations(rows: list[Row]) -> dict:
 
 def _scale_comparison(results: list[JobResult]) -> dict:
     """Does the layer ranking change with the single-layer lr scale? Per (domain, algo): each scale's in-domain
-    contributions and the Spearman / Kendall correlation between every pair of scales over their common layers."""
+    contributions (over its own seeds) and, for every pair of scales, the Spearman / Kendall correlation over their
+    common layers, paired on the seeds that ran both scales (the same base and full runs on both sides)."""
     out: dict = {"scales": lr_scales_of(results), "by_series": {}}
     for domain in dict.fromkeys(r.domain for r in results):
         dom = [r for r in results if r.domain == domain]
@@ -217,28 +218,45 @@ def _scale_comparison(results: list[JobResult]) -> dict:
             continue
         per_scale = {s: build_rows(dom, lr_scale=s, in_domain_only=True) for s in scales}
         for algo in sorted({r.algo for r in dom if r.method == "layer"}):
-            series = {s: {r.layer: r for r in rows if r.algo == algo and r.layer is not None and r.target == str(r.layer)}
-                      for s, rows in per_scale.items()}
+            series = {s: _layer_rows(rows, algo) for s, rows in per_scale.items()}
             pairs = {}
             for i, a in enumerate(scales):
                 for b in scales[i + 1:]:
-                    common = sorted(k for k in set(series[a]) & set(series[b])
-                                    if series[a][k].contribution is not None and series[b][k].contribution is not None)
-                    entry: dict = {"layers": common}
-                    if len(common) >= 3:
-                        x = [series[a][k].contribution for k in common]
-                        y = [series[b][k].contribution for k in common]
-                        entry.update(spearman=spearman(x, y), kendall=kendall_tau(x, y),
-                                     top_layer={f"{a:g}": common[int(np.argmax(x))], f"{b:g}": common[int(np.argmax(y))]})
-                    else:
-                        entry["note"] = "fewer than 3 layers with a defined contribution at both scales"
-                    pairs[f"x{a:g} vs x{b:g}"] = entry
+                    pairs[f"x{a:g} vs x{b:g}"] = _scale_pair(dom, algo, a, b)
             out["by_series"][f"{domain}/{algo}"] = {
                 "contributions": {f"{s:g}": {str(k): {"contribution": r.contribution, "ci_low": r.ci_low,
                                                        "ci_high": r.ci_high, "n_seeds": r.n_seeds}
                                               for k, r in sorted(series[s].items())} for s in scales},
                 "rank_correlations": pairs}
     return out
+
+
+def _layer_rows(rows: list[Row], algo: str) -> dict[int, Row]:
+    return {r.layer: r for r in rows if r.algo == algo and r.layer is not None and r.target == str(r.layer)}
+
+
+def _scale_pair(dom: list[JobResult], algo: str, a: float, b: float) -> dict:
+    """Rank correlation of the contributions at scales ``a`` and ``b`` on the seeds that ran both (paired)."""
+    def seeds_at(scale):
+        return {r.seed for r in dom if r.method == "layer" and r.algo == algo and float(r.lr_scale) == scale}
+
+    common_seeds = sorted(seeds_at(a) & seeds_at(b))
+    sub = [r for r in dom if r.seed < 0 or r.seed in common_seeds]
+    x_rows = _layer_rows(build_rows(sub, lr_scale=a, in_domain_only=True), algo)
+    y_rows = _layer_rows(build_rows(sub, lr_scale=b, in_domain_only=True), algo)
+    common = sorted(k for k in set(x_rows) & set(y_rows)
+                    if x_rows[k].contribution is not None and y_rows[k].contribution is not None)
+    entry: dict = {"seeds": common_seeds, "layers": common}
+    if len(common) < 3:
+        entry["note"] = ("no seed ran at both scales" if not common_seeds else
+                         "fewer than 3 layers with a defined contribution at both scales")
+        return entry
+    x = [x_rows[k].contribution for k in common]
+    y = [y_rows[k].contribution for k in common]
+    entry.update(spearman=spearman(x, y), kendall=kendall_tau(x, y),
+                 contributions={f"{a:g}": dict(zip(map(str, common), x)), f"{b:g}": dict(zip(map(str, common), y))},
+                 top_layer={f"{a:g}": common[int(np.argmax(x))], f"{b:g}": common[int(np.argmax(y))]})
+    return entry
 
 
 def _scale_markdown(cmp: dict) -> list[str]:
@@ -250,7 +268,8 @@ def _scale_markdown(cmp: dict) -> list[str]:
     for key, entry in cmp["by_series"].items():
         scales = list(entry["contributions"])
         layers = sorted({int(k) for c in entry["contributions"].values() for k in c})
-        lines += [f"{key}: in-domain C_l per scale (95% CI over seeds; n = seeds)", "",
+        lines += [f"{key}: in-domain C_l per scale, each over its own seeds (95% CI; n = seeds); the correlations "
+                  "below pair the scales on the seeds that ran both", "",
                   "| layer | " + " | ".join(f"x{s}" for s in scales) + " |",
                   "| --- | " + " | ".join("---" for _ in scales) + " |"]
         for k in layers:
@@ -274,8 +293,11 @@ def _scale_line(key: str, pair: str, v: dict) -> str:
         return f"- {key} {pair}: not computed ({v['note']})"
     tops = ", ".join(f"x{s}: layer {layer}" for s, layer in v["top_layer"].items())
     same = "same" if len(set(v["top_layer"].values())) == 1 else "different"
-    return (f"- {key} {pair}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}; "
-            f"top layer {same} ({tops})")
+    a, b = list(v["contributions"])
+    paired = ", ".join(f"{k}: {_fmt(v['contributions'][a][str(k)])} / {_fmt(v['contributions'][b][str(k)])}"
+                       for k in v["layers"])
+    return (f"- {key} {pair}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}, "
+            f"paired on seeds {v['seeds']}; top layer {same} ({tops}); C_l x{a} / x{b} on those seeds: {paired}")
 
 
 def _change_correlation(rows: list[Row]) -> dict:

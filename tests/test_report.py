@@ -149,6 +149,22 @@ def test_lr_scales_are_compared_by_rank_and_leave_the_main_tables_alone(tmp_path
     csv_rows = (path.parent / "contributions.csv").read_text().splitlines()
     assert sum(line.endswith(",4.0") for line in csv_rows) == len(SCALED)
 
+    # a scale run on seed 0 only is compared with x1 on seed 0 alone (the same base and full on both sides)
+    only0 = {0: 0.31, 2: 0.36, 3: 0.45, 5: 0.40}
+    for layer, v in only0.items():
+        append_result(d, JobResult(f"math/grpo/s0/layer-{layer}-x2", "math", 0, "layer", str(layer), layer, "grpo", v,
+                                   {"math-l1": v}, lr_scale=2.0))
+    write_report(d)
+    nums = json.loads((path.parent / "numbers.json").read_text())["lr_scales"]["by_series"]["math/grpo"]
+    pair = nums["rank_correlations"]["x1 vs x2"]
+    gain0 = FULL["math"][0] - BASE["math"]
+    x1 = [(LAYER["math"][k][0] - BASE["math"]) / gain0 for k in layers]
+    x2 = [(only0[k] - BASE["math"]) / gain0 for k in layers]
+    assert pair["seeds"] == [0] and pair["spearman"] == pytest.approx(stats.spearmanr(x1, x2).statistic)
+    assert pair["contributions"]["1"]["2"] == pytest.approx(x1[1])
+    assert nums["contributions"]["2"]["3"]["n_seeds"] == 1 and nums["contributions"]["1"]["3"]["n_seeds"] == 3
+    assert "paired on seeds [0]" in (path.parent / "report.md").read_text()
+
 
 def test_a_sweep_of_one_scale_says_how_to_compare_scales(tmp_path):
     path = write_report(_store(tmp_path, domains=("math",)))

@@ -73,6 +73,13 @@ def default_grid(lr: float) -> list[float]:
     return [float(f"{x:.2g}") for x in (lr / 3, lr, lr * 3)]
 
 
+def _has_base(sweep_dir: Path, domains: list[str]) -> bool:
+    if not results_path(sweep_dir).is_file():
+        return False
+    have = {r.domain for r in load_results(sweep_dir) if r.method == "base"}
+    return set(domains) <= have
+
+
 def _copy_base(src: Path, dst: Path, domains: list[str]) -> None:
     """The base model's evaluation (run once, in the first lr's directory) into another lr's directory."""
     done = {r.job for r in load_results(dst)} if results_path(dst).is_file() else set()
@@ -154,14 +161,16 @@ def run_tune_lr(spec: SweepSpec, lrs: list[float], out: str | Path, progress: bo
               "spec": dataclasses.asdict(base_spec)}
     atomic_write_json(out / RESULT_FILE, {**record, "grid": lrs, "results": None})  # what a rerun must match
     results: dict[float, list[JobResult]] = {}
-    first = lr_dir(out, lrs[0])
+    # The base model is evaluated in one lr's directory (one that has it already, when the grid grows) and copied.
+    source = next((d for d in (lr_dir(out, lr) for lr in lrs) if _has_base(d, spec.domains)), None)
     for i, lr in enumerate(lrs):
         d = lr_dir(out, lr)
-        if i > 0:
+        if source is not None and d != source:
             d.mkdir(parents=True, exist_ok=True)
-            _copy_base(first, d, spec.domains)
+            _copy_base(source, d, spec.domains)
         log(f"tune-lr: lr {lr:g} ({i + 1}/{len(lrs)}) in {d}")
         results[lr] = run_sweep(dataclasses.replace(base_spec, lr=lr), d, progress=progress, log=log)
+        source = source or d
     summary = summarize(spec, lrs, results)
     for s in summary.values():
         for r in s["lrs"]:

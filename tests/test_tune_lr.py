@@ -88,6 +88,13 @@ def test_tune_lr_runs_full_rl_per_lr_picks_one_and_its_directory_extends_into_a_
     assert res.exit_code == 0, res.output
     assert {lr: (out / f"lr-{lr:g}" / "results.jsonl").stat().st_mtime_ns for lr in jobs} == mtimes
 
+    res = runner.invoke(app, ["tune-lr", "--out", str(out), "--lrs", "1e-5,1e-4,1e-2", "--quiet"])  # grow the grid
+    assert res.exit_code == 0, res.output
+    grown = {r.job: r for r in load_results(out / "lr-1e-05")}
+    assert set(grown) == {"math/base", "math/grpo/s0/full"} and "copied_from" in grown["math/base"].extra
+    assert {lr: (out / f"lr-{lr:g}" / "results.jsonl").stat().st_mtime_ns for lr in jobs} == mtimes
+    assert json.loads((out / "tune_lr.json").read_text())["grid"] == [1e-5, 1e-4, 1e-2]
+
     res = runner.invoke(app, _args(tiny_model_dirs["qwen3"], out, extra=("--steps", "3")))
     assert res.exit_code == 2 and "other settings (steps)" in res.output
 

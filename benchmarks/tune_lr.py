@@ -10,7 +10,8 @@ evaluation as the sweep would, and picks the lr with the best mean in-domain sco
 sweep itself, reusing its base and full jobs. The base model is evaluated once and
 its result copied into every lr's directory (it does not depend on the lr).
 ``OUT/tune_lr.json`` holds the grid's numbers and the choice; ``OUT/tune_lr.md``
-the table. Rerunning resumes: finished jobs are skipped, the settings must match.
+the table. Rerunning resumes: finished jobs are skipped; more lrs, seeds, domains or
+algorithms extend the search, other budget, data or evaluation settings are refused.
 """
 
 from __future__ import annotations
@@ -56,10 +57,7 @@ def _check_settings(out: Path, spec: SweepSpec, lrs: list[float]) -> None:
     new = json.loads(json.dumps(_identity(spec)))
     old_identity = old.get("identity", {})
     diff = [k for k in new if k in old_identity and old_identity[k] != new[k]]
-    for key, now in (("domains", spec.domains), ("algos", spec.algos), ("seeds", spec.seeds)):
-        if old.get(key) is not None and old[key] != now:
-            diff.append(key)
-    if diff:
+    if diff:  # (other domains, algorithms, seeds or lrs extend the search)
         raise UserError(f"{out} holds an lr search with other settings ({', '.join(diff)}): use a new --out, "
                         "or the same settings to resume it")
 
@@ -103,7 +101,7 @@ def summarize(spec: SweepSpec, lrs: list[float], results: dict[float, list[JobRe
             rows = []
             for lr in lrs:
                 scores = {r.seed: r.score for r in results.get(lr, []) if r.domain == domain and r.algo == algo
-                          and r.method == "full"}
+                          and r.method == "full" and r.seed in spec.seeds}
                 mean = statistics.fmean(scores.values()) if scores else None
                 rows.append({"lr": lr, "scores": {str(s): v for s, v in sorted(scores.items())},
                              "seeds": len(scores), "mean": mean,

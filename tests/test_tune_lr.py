@@ -47,6 +47,9 @@ def test_best_lr_is_the_highest_mean_with_ties_to_the_smaller_and_edges_flagged(
     assert tie["best_lr"] == 1e-5 and tie["at_edge"]
     partial = summarize(spec, [1e-5, 3e-5], _full({1e-5: [0.4, 0.4], 3e-5: [0.9]}))["math/grpo"]
     assert partial["best_lr"] is None and not partial["complete"]  # a grid point lacks a seed: no choice yet
+    one_seed = summarize(SweepSpec(domains=["math"], algos=["grpo"], seeds=[1]), [1e-5, 3e-5],
+                         _full({1e-5: [0.9, 0.3], 3e-5: [0.2, 0.4]}))["math/grpo"]
+    assert one_seed["best_lr"] == 3e-5 and one_seed["lrs"][0]["scores"] == {"1": 0.3}  # only the asked seeds count
 
 
 def test_grid_checks_and_default():

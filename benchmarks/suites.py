@@ -281,7 +281,7 @@ def merge_samples(done: dict, more: dict) -> dict:
         item["samples"] += extra["samples"]
         item["samples_correct"] += extra["samples_correct"]
     n_items = len(out["items"])
-    for k in a["k"]:
+    for k in (k for k in a["k"] if k <= total):
         out[f"pass@{k}"] = sum(pass_at_k(total, it["samples_correct"], k) for it in out["items"]) / n_items
     if "by_sample" in out:
         out["by_sample"] = out["by_sample"] + more["by_sample"]

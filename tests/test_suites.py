@@ -195,5 +195,9 @@ def test_a_stored_result_extends_only_with_passes_of_the_same_evaluation(monkeyp
     merged = suites.merge_samples(renamed, suites.run_suite(suite.with_overrides(num_samples=1), None, tokenizer,
                                                              first_sample=2))
     assert merged["settings"]["num_samples"] == 3
+    code = get_suite("humaneval-pass@k").with_overrides(num_items=3, num_samples=2)  # k = 1, 5, 10
+    part = suites.merge_samples(suites.run_suite(code, None, tokenizer),
+                                suites.run_suite(code.with_overrides(num_samples=3), None, tokenizer, first_sample=2))
+    assert "pass@1" in part and "pass@5" in part and "pass@10" not in part  # no pass@10 from 5 samples
     assert suites.extension_mismatch(done, suite.with_overrides(max_new_tokens=7, env_kwargs={"level": 2})) == [
         "max_new_tokens", "env_kwargs"]

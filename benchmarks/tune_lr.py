@@ -79,7 +79,7 @@ def _has_base(sweep_dir: Path, domains: list[str]) -> bool:
 
 
 def _copy_base(src: Path, dst: Path, domains: list[str]) -> None:
-    """The base model's evaluation (run once, in the first lr's directory) into another lr's directory."""
+    """The base model's evaluation (run once, in one lr's directory ``src``) into another lr's directory."""
     done = {r.job for r in load_results(dst)} if results_path(dst).is_file() else set()
     for r in load_results(src):
         if r.method != "base" or r.domain not in domains or r.job in done:

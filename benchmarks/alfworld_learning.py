@@ -132,11 +132,11 @@ def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     suite = get_suite("alfworld-gen-easy-sampled").with_overrides(
         env_kwargs={"split": "eval", "data_path": str(games), "hide_commands": HIDE_COMMANDS}, num_items=SETTINGS["eval_size"],
         max_new_tokens=SETTINGS["max_new_tokens"], max_turns=SETTINGS["max_turns"])
+    differ = extension_mismatch(done, suite) if done is not None else []
     if have > samples:  # fewer passes than stored: start over so every model has the same passes
         done, have = None, 0
-    elif done is not None and extension_mismatch(done, suite):
-        print(f"{path} was evaluated otherwise ({', '.join(extension_mismatch(done, suite))} differ): starting over",
-              file=sys.stderr, flush=True)
+    elif differ:
+        print(f"{path} was evaluated otherwise ({', '.join(differ)} differ): starting over", file=sys.stderr, flush=True)
         done, have = None, 0
     suite = suite.with_overrides(num_samples=samples - have)
     config = read_run_train_config(run_dir)

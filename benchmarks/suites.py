@@ -239,17 +239,22 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
 _SAME_SETTINGS = ("max_new_tokens", "temperature", "k", "seed", "max_turns", "num_items")
 
 
+def _evaluation(result: dict) -> dict:
+    """What makes two results passes of one evaluation: env, its kwargs, metric and sampling settings."""
+    return {**{k: result["settings"].get(k) for k in _SAME_SETTINGS},
+            **{k: result.get(k) for k in ("env", "env_kwargs", "metric")}}
+
+
 def extension_mismatch(done: dict, suite: Suite) -> list[str]:
     """What differs between a stored result and more passes of ``suite`` (empty: they merge with
     :func:`merge_samples`). The suite's name is not compared: overrides can make two names one evaluation."""
-    want = {"max_new_tokens": suite.max_new_tokens, "temperature": suite.temperature, "k": list(suite.k),
-            "seed": suite.seed, "max_turns": suite.max_turns}
-    if suite.num_items is not None:
-        want["num_items"] = suite.num_items
-    diff = [k for k, v in want.items() if done["settings"].get(k) != v]
-    diff += [k for k, v in (("env", suite.env), ("env_kwargs", env_kwargs_of(suite)), ("metric", suite.metric))
-             if done.get(k) != json.loads(json.dumps(v))]
-    return diff
+    want = json.loads(json.dumps({
+        "max_new_tokens": suite.max_new_tokens, "temperature": suite.temperature, "k": list(suite.k),
+        "seed": suite.seed, "max_turns": suite.max_turns,
+        "num_items": done["settings"].get("num_items") if suite.num_items is None else suite.num_items,
+        "env": suite.env, "env_kwargs": env_kwargs_of(suite), "metric": suite.metric}))
+    have = _evaluation(done)
+    return [k for k in want if want[k] != have[k]]
 
 
 def merge_samples(done: dict, more: dict) -> dict:
@@ -260,8 +265,8 @@ def merge_samples(done: dict, more: dict) -> dict:
     mean over passes with ``by_sample``.
     """
     a, b = done["settings"], more["settings"]
-    diff = [k for k in _SAME_SETTINGS if a.get(k) != b.get(k)]
-    diff += [k for k in ("env", "env_kwargs", "metric") if done.get(k) != more.get(k)]
+    ea, eb = _evaluation(done), _evaluation(more)
+    diff = [k for k in ea if ea[k] != eb[k]]
     if diff:
         raise UserError(f"cannot merge samples of different evaluations ({done.get('suite')} vs {more.get('suite')}; "
                         f"differing: {', '.join(diff)})")

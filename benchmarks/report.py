@@ -206,19 +206,19 @@ def _correlations(rows: list[Row]) -> dict:
     return out
 
 
-def _scale_comparison(results: list[JobResult]) -> dict:
+def _scale_comparison(results: list[JobResult], by_scale: dict[float, list[Row]]) -> dict:
     """Does the layer ranking change with the single-layer lr scale? Per (domain, algo): each scale's in-domain
     contributions (over its own seeds) and, for every pair of scales, the Spearman / Kendall correlation over their
-    common layers, paired on the seeds that ran both scales (the same base and full runs on both sides)."""
+    common layers, paired on the seeds that ran both scales (the same base and full runs on both sides).
+    ``by_scale``: the in-domain rows of every scale (``build_rows(results, lr_scale=s, in_domain_only=True)``)."""
     out: dict = {"scales": lr_scales_of(results), "by_series": {}}
     for domain in dict.fromkeys(r.domain for r in results):
         dom = [r for r in results if r.domain == domain]
         scales = lr_scales_of(dom)
         if len(scales) < 2:
             continue
-        per_scale = {s: build_rows(dom, lr_scale=s, in_domain_only=True) for s in scales}
         for algo in sorted({r.algo for r in dom if r.method == "layer"}):
-            series = {s: _layer_rows(rows, algo) for s, rows in per_scale.items()}
+            series = {s: _layer_rows([r for r in by_scale[s] if r.domain == domain], algo) for s in scales}
             pairs = {}
             for i, a in enumerate(scales):
                 for b in scales[i + 1:]:
@@ -417,7 +417,8 @@ def write_report(sweep_dir: str | Path) -> Path:
     depth = {f"{d}/{a}": _depth_groups(rows, d, a, num_layers, results) for d, a in keys}
     corr = _correlations(rows)
     change_corr = _change_correlation(rows)
-    scale_cmp = _scale_comparison(results)
+    by_scale = {s: build_rows(results, lr_scale=s, in_domain_only=True) for s in lr_scales_of(results)}
+    scale_cmp = _scale_comparison(results, by_scale)
     primary = {d: primary_lr_scale([r for r in results if r.domain == d]) for d in {r.domain for r in results}}
     curves = _learning_curves([r for r in results if r.method != "layer" or r.lr_scale == primary[r.domain]])
     plots = _plots(rows, curves, out, num_layers)
@@ -425,7 +426,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([f.name for f in Row.__dataclass_fields__.values()])
-    extra_scale_rows = [r for s in scale_cmp["scales"] for r in build_rows(results, lr_scale=s, in_domain_only=True)
+    extra_scale_rows = [r for rows in by_scale.values() for r in rows
                         if r.target not in ("base", "full") and r.lr_scale != primary[r.domain]]
     for r in rows + extra_scale_rows:
         w.writerow(list(asdict(r).values()))

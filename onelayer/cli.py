@@ -320,13 +320,11 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _parse_scales(text: str) -> float | list[float]:
-    """``4`` = one single-layer lr scale; ``1,4`` lists several."""
+    """``4`` = one single-layer lr scale; ``1,4`` lists several (SweepSpec.lr_scales checks the values)."""
     try:
         scales = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UserError(f"--single-layer-lr-scale takes a number or a comma list (1,4), got {text!r}") from None
-    if not scales or any(not s > 0 for s in scales):
-        raise UserError(f"--single-layer-lr-scale takes positive numbers (1 or 1,4), got {text!r}")
     return scales[0] if len(scales) == 1 else scales
 
 

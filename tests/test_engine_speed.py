@@ -7,7 +7,10 @@
 * The llama.cpp engine on an fp32 GGUF of a tiny model (exact attention, fp32 KV
   cache) gives the HF engine's greedy tokens with log-probs within 1e-4 nats; its
   default numerics (f16 flash attention and KV cache) stay within 0.02 nats;
-  ``sync_weights`` makes it follow the trained weights.
+  ``sync_weights`` makes it follow the trained weights. A KV cache moved between two
+  contexts continues exactly; rows that stop early leave the live ones in consecutive
+  sequences (one llama.cpp micro-batch) with the HF engine's tokens; the bf16 prefill
+  of a small batch keeps it within the bf16 tolerance.
 * The rollout collector gives the same trajectories whether ALFWorld envs are
   stepped one by one in this process or by ``ALFWorldVecEnv`` workers.
 """
@@ -170,7 +173,8 @@ def test_llamacpp_bf16_copy_serves_large_batches_within_tolerance(tiny_llama, to
     from onelayer.agents.llamacpp_engine import LlamaCppEngine
 
     greedy = SamplingParams(max_new_tokens=12, temperature=0)
-    auto = LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, bf16_from_batch=len(grouped_prompts))
+    auto = LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, bf16_from_batch=len(grouped_prompts),
+                          bf16_prefill=False)
     bf16 = LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, weights="bf16")
     exact = LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, weights="source")
     big, small = auto.generate(grouped_prompts, greedy), auto.generate(grouped_prompts[:-1], greedy)
@@ -178,8 +182,62 @@ def test_llamacpp_bf16_copy_serves_large_batches_within_tolerance(tiny_llama, to
     assert _max_lp_diff(small, exact.generate(grouped_prompts[:-1], greedy)) < 1e-6
     hf = HFEngine(tiny_llama, tokenizer).generate(grouped_prompts, greedy)
     assert _prefix_lp_diff(hf, big) < 0.05  # rounding the weights to bf16 may flip a near-tie, nothing more
+    # bf16 prefill (the default): a small batch's prompts go through the bf16 copy, its tokens through the exact one.
+    auto.bf16_prefill = True
+    mixed = auto.generate(grouped_prompts[:-1], greedy)
+    first_bf16 = bf16.generate(grouped_prompts[:-1], SamplingParams(max_new_tokens=1, temperature=0))
+    assert max(abs(m.logprobs[0] - b.logprobs[0]) for m, b in zip(mixed, first_bf16)) < 1e-6  # the bf16 prefill's logits
+    assert _max_lp_diff(mixed, small) > 0  # the exact copy's prefill was not used
+    assert _prefix_lp_diff(hf, mixed) < 0.05
     for e in (auto, bf16, exact):
         e.close()
+
+
+def test_llamacpp_moves_a_prefilled_sequence_between_contexts_exactly(tiny_llama, tokenizer, grouped_prompts):
+    """The KV cache of a prompt prefilled in one context, moved to another sequence of another context, continues
+    exactly as a prefill in that context does."""
+    from onelayer.agents.llamacpp_engine import LlamaCppEngine
+
+    a, b = (LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, weights="source") for _ in range(2))
+    prompt, nxt = grouped_prompts[4], 11
+    ca, cb = a._context(a._variants["source"], 4, 256), b._context(b._variants["source"], 4, 256)
+    batch = llama_cpp.llama_batch_init(a._cap, 0, 1)
+    try:
+        a._decode(ca, batch, [(t, j, 0, False) for j, t in enumerate(prompt)])
+        a._move_sequences(ca, cb, [(0, 2)])
+        b._decode(cb, batch, [(nxt, len(prompt), 2, True)])
+        moved = b._logits(cb, 1).clone()
+        b._decode(cb, batch, [(t, j, 3, False) for j, t in enumerate(prompt)])
+        b._decode(cb, batch, [(nxt, len(prompt), 3, True)])
+        assert torch.equal(moved, b._logits(cb, 1))
+    finally:
+        llama_cpp.llama_batch_free(batch)
+    a.close()
+    b.close()
+
+
+def test_llamacpp_keeps_live_rows_in_consecutive_sequences_as_rows_finish(tiny_llama, tokenizer, grouped_prompts):
+    """Rows that stop early free their sequences and the live ones move down, so every decode step sends sequences
+    0..k-1 (one llama.cpp micro-batch); the tokens stay the HF engine's, row by row."""
+    from onelayer.agents.llamacpp_engine import LlamaCppEngine
+
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=4)
+    hf = HFEngine(tiny_llama, tokenizer)
+    common = torch.tensor([t for g in hf.generate(grouped_prompts, params) for t in g.token_ids]).bincount().topk(12).indices
+    lc = LlamaCppEngine(tiny_llama, tokenizer, kv_type="f32", flash_attn=False, weights="source")
+    hf.eos_ids = lc.eos_ids = sorted({*hf.eos_ids, *common.tolist()})  # frequent tokens end rows at different steps
+    steps = []
+    decode = lc._decode
+    lc._decode = lambda ctx, batch, toks: (steps.append([e[2] for e in toks]), decode(ctx, batch, toks))
+    a, b = hf.generate(grouped_prompts, params), lc.generate(grouped_prompts, params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.finish_reason for g in a] == [g.finish_reason for g in b]
+    assert _max_lp_diff(a, b) < 1e-4
+    lengths = {len(g.token_ids) for g in b}
+    assert len(lengths) >= 4 and "stop" in {g.finish_reason for g in b}  # rows did finish at different steps
+    decodes = steps[1:]  # after the one prefill call
+    assert all(s == list(range(len(s))) for s in decodes) and min(map(len, decodes)) < len(grouped_prompts)
+    lc.close()
 
 
 def test_llamacpp_sync_weights_follows_the_trained_layer(tiny_llama, tokenizer, grouped_prompts):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from onelayer.benchmarks.contribution import (
+    MIN_GAIN,
     ContributionEstimate,
     contribution_over_seeds,
     kendall_tau,
@@ -156,6 +157,11 @@ def _main_table(rows: list[Row], domain: str, algo: str) -> str:
         score = f"{r.score_mean:.4f} ± {r.score_sd:.4f}" if r.n_seeds > 1 else f"{r.score_mean:.4f}"
         lines.append(f"| {r.target} | {r.n_seeds} | {score} | {_c_text(r)} | "
                      f"{_fmt(r.weight_change, 4)} |")
+    base = [r.score_mean for r in sel if r.target == "base"]
+    full = [r.score_mean for r in sel if r.target == "full"]
+    if base and full and full[0] - base[0] <= -MIN_GAIN:
+        lines.append(f"full-parameter RL lowered the score ({full[0] - base[0]:+.4f}): C_l compares losses here "
+                     "(0: the layer kept the base score; 1: it lost as much as full RL; below 0: it gained)")
     return "\n".join(lines)
 
 
@@ -455,7 +461,7 @@ def write_report(sweep_dir: str | Path) -> Path:
 
     md = [f"# Layer sweep report: {sweep_dir.name}", "",
           "Layer contribution `C_l = (S_l - S_base) / (S_full - S_base)` (ratio of seed means; 95% paired "
-          "bootstrap CI over seeds; undefined when the full-parameter gain is below 0.01).", "",
+          "bootstrap CI over seeds; undefined when |S_full - S_base| is below 0.01).", "",
           "## Settings", "",
           f"- model: `{spec.get('model')}` ({num_layers} layers); algorithm(s): {', '.join(spec.get('algos', []))}",
           f"- domains: {', '.join(spec.get('domains', []))}; seeds: {meta.get('all', {}).get('seeds')}",

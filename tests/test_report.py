@@ -84,6 +84,23 @@ def test_too_small_full_gain_is_flagged_not_divided(tmp_path):
     assert "undefined (full gain too small)" in (d / "report" / "summary.txt").read_text()
 
 
+def test_a_full_parameter_loss_is_named_under_the_table(tmp_path):
+    """RL that lowered the score still divides (C_l compares losses), and the report says so."""
+    d = tmp_path / "loss"
+    d.mkdir()
+    (d / "sweep.json").write_text(json.dumps({"spec": {"algos": ["grpo"]}, "num_layers": 4}))
+    append_result(d, JobResult("code/base", "code", -1, "base", "none", None, "none", 0.12, {"humaneval": 0.12}))
+    append_result(d, JobResult("code/grpo/s0/full", "code", 0, "full", "all", None, "grpo", 0.06, {"humaneval": 0.06}))
+    append_result(d, JobResult("code/grpo/s0/layer-1", "code", 0, "layer", "1", 1, "grpo", 0.09, {"humaneval": 0.09}))
+    (r,) = [r for r in build_rows(load_results(d)) if r.suite == "in-domain" and r.target == "1"]
+    assert r.contribution == pytest.approx(0.5)
+    write_report(d)
+    assert "full-parameter RL lowered the score (-0.0600): C_l compares losses" in (d / "report" / "summary.txt").read_text()
+    gained = _store(tmp_path)
+    write_report(gained)
+    assert "lowered the score" not in (gained / "report" / "summary.txt").read_text()
+
+
 def test_report_files_and_correlations_match_scipy(tmp_path):
     d = _store(tmp_path)
     path = write_report(d)

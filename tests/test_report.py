@@ -70,13 +70,18 @@ def test_transfer_suite_and_c_all_use_the_other_suites_scores(tmp_path):
     assert r.contribution == pytest.approx((s_l - s_b) / (s_f - s_b))
 
 
-def test_too_small_full_gain_is_flagged_not_divided(tmp_path):
-    d = tmp_path / "flat"
+def _one_seed(d, domain: str, suite: str, base: float, full: float, layer1: float):
+    """A one-seed store: base, full and layer 1 of a 4-layer model, scored on ``suite``."""
     d.mkdir()
     (d / "sweep.json").write_text(json.dumps({"spec": {"algos": ["grpo"]}, "num_layers": 4}))
-    append_result(d, JobResult("math/base", "math", -1, "base", "none", None, "none", 0.3, {"math-l1": 0.3}))
-    append_result(d, JobResult("math/grpo/s0/full", "math", 0, "full", "all", None, "grpo", 0.305, {"math-l1": 0.305}))
-    append_result(d, JobResult("math/grpo/s0/layer-1", "math", 0, "layer", "1", 1, "grpo", 0.4, {"math-l1": 0.4}))
+    append_result(d, JobResult(f"{domain}/base", domain, -1, "base", "none", None, "none", base, {suite: base}))
+    append_result(d, JobResult(f"{domain}/grpo/s0/full", domain, 0, "full", "all", None, "grpo", full, {suite: full}))
+    append_result(d, JobResult(f"{domain}/grpo/s0/layer-1", domain, 0, "layer", "1", 1, "grpo", layer1, {suite: layer1}))
+    return d
+
+
+def test_too_small_full_gain_is_flagged_not_divided(tmp_path):
+    d = _one_seed(tmp_path / "flat", "math", "math-l1", 0.3, 0.305, 0.4)
     rows = build_rows(load_results(d))
     (r,) = [r for r in rows if r.suite == "in-domain" and r.target == "1"]
     assert r.contribution is None and "too small" in r.note
@@ -86,12 +91,7 @@ def test_too_small_full_gain_is_flagged_not_divided(tmp_path):
 
 def test_a_full_parameter_loss_is_named_under_the_table(tmp_path):
     """RL that lowered the score still divides (C_l compares losses), and the report says so."""
-    d = tmp_path / "loss"
-    d.mkdir()
-    (d / "sweep.json").write_text(json.dumps({"spec": {"algos": ["grpo"]}, "num_layers": 4}))
-    append_result(d, JobResult("code/base", "code", -1, "base", "none", None, "none", 0.12, {"humaneval": 0.12}))
-    append_result(d, JobResult("code/grpo/s0/full", "code", 0, "full", "all", None, "grpo", 0.06, {"humaneval": 0.06}))
-    append_result(d, JobResult("code/grpo/s0/layer-1", "code", 0, "layer", "1", 1, "grpo", 0.09, {"humaneval": 0.09}))
+    d = _one_seed(tmp_path / "loss", "code", "humaneval", 0.12, 0.06, 0.09)
     (r,) = [r for r in build_rows(load_results(d)) if r.suite == "in-domain" and r.target == "1"]
     assert r.contribution == pytest.approx(0.5)
     write_report(d)

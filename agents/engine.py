@@ -130,6 +130,21 @@ class HFEngine:
         """The HF engine samples from the trained model itself: nothing to copy."""
 
     @torch.no_grad()
+    def score_actions(self, prompts: list[list[int]], candidates: list[list[list[int]]], norm: str = "mean",
+                      temperature: float = 1.0) -> list[list[float]]:
+        """``log pi(a_k | prompt)`` for each prompt's candidate actions (``agents.scoring``), packed rows in
+        micro-batches of at most 16 (a packed row is a prompt plus all its candidates)."""
+        from onelayer.agents.scoring import action_log_probs
+
+        out: list[list[float]] = []
+        step = max(1, min(self.max_batch_size, 16))
+        for s in range(0, len(prompts), step):
+            rows = action_log_probs(self.model, prompts[s : s + step], candidates[s : s + step], self.pad_id, norm,
+                                    temperature)
+            out.extend(r.float().tolist() for r in rows)
+        return out
+
+    @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """Sample one response per prompt, in micro-batches of ``max_batch_size``, seeded by ``params.seed``."""
         if not prompts:

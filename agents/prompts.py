@@ -14,7 +14,11 @@ actions one per line (in an order shuffled per episode and turn, see
 ``shown_actions``), ends the prompt with the assistant's ``<action>`` (a response
 prefix) and reads the number the model writes next. ``"choice"`` is the
 easy setting for small models: a 135M model that echoes the observation in the
-text format picks a number after the prefix.
+text format picks a number after the prefix. ``"score"`` lists the admissible
+actions, ends the prompt with ``<action>`` too, and generates nothing: the policy
+is a softmax over the model's likelihood of each action's text after the prefix
+(``agents.scoring``), so every action is valid and the choice depends on what the
+actions say, not on where they stand in a list.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from onelayer.agents.actions import ParsedAction, parse_action, parse_choice
+from onelayer.agents.scoring import ACTION_END
 from onelayer.errors import UserError
 
 AGENTIC_TEMPLATE = (
@@ -37,6 +42,11 @@ AGENTIC_CHOICE_TEMPLATE = (
     "Admissible actions:\n{admissible_actions}\n"
     "Reply with the number of one admissible action inside <action></action>, for example <action>1</action>."
 )
+AGENTIC_SCORE_TEMPLATE = (
+    "{task}{history}Current observation (step {step}): {observation}\n"
+    "Admissible actions: {admissible_actions}\n"
+    "Reply with the admissible action that best advances the task inside <action></action>."
+)
 AGENTIC_THINK_TEMPLATE = AGENTIC_TEMPLATE.replace(
     "Choose one admissible action and reply",
     "First reason step by step inside <think></think>. Then choose one admissible action and reply")
@@ -47,7 +57,7 @@ DEFAULT_TEMPLATES = {
     "agentic": AGENTIC_TEMPLATE,
 }
 
-ACTION_FORMATS = ("text", "choice")
+ACTION_FORMATS = ("text", "choice", "score")
 CHOICE_PREFIX = "<action>"
 
 
@@ -60,7 +70,7 @@ class PromptBuilder:
         template: user-message template (see the module docstring for placeholders).
         system_prompt: optional system message (None keeps the chat template's default).
         history_length: how many recent (observation, action) pairs ``{history}`` shows.
-        action_format: ``"text"`` or ``"choice"`` (see the module docstring).
+        action_format: ``"text"``, ``"choice"`` or ``"score"`` (see the module docstring).
     """
 
     tokenizer: object
@@ -89,18 +99,22 @@ class PromptBuilder:
             if action_format not in ACTION_FORMATS:
                 raise UserError(f"unknown action_format {action_format!r}: use one of {', '.join(ACTION_FORMATS)}")
             action_format = "text"
-        default = AGENTIC_CHOICE_TEMPLATE if action_format == "choice" else DEFAULT_TEMPLATES.get(domain, "{observation}")
+        default = {"choice": AGENTIC_CHOICE_TEMPLATE, "score": AGENTIC_SCORE_TEMPLATE}.get(
+            action_format, DEFAULT_TEMPLATES.get(domain, "{observation}"))
         return cls(tokenizer, template or default, system_prompt, history_length, action_format)
 
     @property
     def response_prefix(self) -> str:
         """Text the prompt ends with on the assistant's side (the model continues it)."""
-        return CHOICE_PREFIX if self.action_format == "choice" else ""
+        return CHOICE_PREFIX if self.action_format in ("choice", "score") else ""
 
     def parse(self, response: str, admissible: Sequence[str] | None = None) -> ParsedAction:
         """The env action a response (the text after the prompt) stands for, in this builder's action format."""
         if self.action_format == "choice":
             return parse_choice(response, list(admissible) if admissible else None)
+        if self.action_format == "score":  # the text after the <action> prefix, read up to </action>
+            return parse_action(response.split(ACTION_END, 1)[0], list(admissible) if admissible else None,
+                                require_tags=False)
         return parse_action(response, list(admissible) if admissible else None)
 
     def shown_actions(self, admissible: Sequence[str] | None, key: str) -> list[str] | None:
@@ -119,6 +133,11 @@ class PromptBuilder:
         if self.action_format == "choice":
             random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")).shuffle(actions)
         return actions
+
+    def candidate_text(self, action: str) -> str:
+        """What the ``score`` format scores for ``action``: its text and the closing tag (so "go to desk 1" is not
+        a prefix of "go to desk 10")."""
+        return action + ACTION_END
 
     def _admissible_text(self, admissible: Sequence[str] | None) -> str:
         if not admissible:

@@ -19,7 +19,9 @@ import gymnasium as gym
 
 from onelayer.agents.engine import RolloutEngine, SamplingParams
 from onelayer.agents.prompts import PromptBuilder
+from onelayer.agents.scoring import choose_actions
 from onelayer.agents.trajectory import Step, Trajectory
+from onelayer.errors import UserError
 
 log = logging.getLogger("onelayer.rollout")
 
@@ -79,6 +81,38 @@ def _step_many(envs, items: list[tuple[int, str]]) -> dict[int, Any]:
     return out
 
 
+@dataclass
+class _Turn:
+    """What the policy produced for one episode's turn: response tokens and their log-probs (``score``: the
+    chosen candidate and one value, log pi(a | s), plus every candidate and the chosen index)."""
+
+    response_ids: list[int]
+    logprobs: list[float]
+    truncated: bool = False
+    candidates: list[list[int]] | None = None
+    choice: int | None = None
+
+
+def _score_turn(engine, builder: PromptBuilder, prompts: list[list[int]], shown: list[list[str] | None],
+                params: SamplingParams) -> tuple[list[_Turn], list[tuple[str, str, bool]]]:
+    """The ``score`` format's turn: one ``engine.score_actions`` call for every live episode, then a seeded draw
+    (argmax at temperature 0) from each episode's softmax over its admissible actions."""
+    if not prompts:
+        return [], []
+    for actions in shown:
+        if not actions:
+            raise UserError("action_format score needs the env's admissible actions (info['admissible_actions']) in "
+                            "every state: use an env that lists them, or another action format")
+    tok = builder.tokenizer
+    cands = [[tok(builder.candidate_text(a), add_special_tokens=False)["input_ids"] for a in actions]
+             for actions in shown]
+    log_probs = engine.score_actions(prompts, cands, temperature=params.temperature)
+    picks = choose_actions(log_probs, params.temperature, params.seed)
+    turns = [_Turn(c[k], [lp[k]], candidates=c, choice=k) for c, lp, k in zip(cands, log_probs, picks)]
+    acts = [(builder.candidate_text(actions[k]), actions[k], False) for actions, k in zip(shown, picks)]
+    return turns, acts
+
+
 def collect(
     engine: RolloutEngine, prompt_builder: PromptBuilder, envs: Sequence[gym.Env] | Any, episodes: Sequence[EpisodeSpec],
     params: SamplingParams, max_turns: int = 1, max_prompt_tokens: int | None = None, parse_actions: bool = False,
@@ -87,6 +121,9 @@ def collect(
     """Run ``episodes`` (one per env in ``envs``) to the end and return their trajectories.
 
     Each turn, every live episode's prompt goes into one ``engine.generate`` call.
+    In the builder's ``score`` action format nothing is generated: each turn, one
+    ``engine.score_actions`` call gives every live episode's softmax over its
+    admissible actions, and the action is drawn from it (``agents.scoring``).
     With ``parse_actions`` the builder's action format reads the action (``<action>...</action>``
     projected onto ``info["admissible_actions"]``, or an action's number; agentic envs); otherwise the whole
     response is the action (math, code). Invalid actions (by the parser or the env's
@@ -102,6 +139,10 @@ def collect(
     """
     if len(envs) != len(episodes):
         raise ValueError(f"{len(envs)} envs for {len(episodes)} episodes")
+    scoring = prompt_builder.action_format == "score"
+    if scoring and not callable(getattr(engine, "score_actions", None)):
+        raise UserError(f"action_format score needs an engine that scores candidate actions (the hf engine); "
+                        f"{type(engine).__name__} only generates: use --engine hf or another action format")
     tok = prompt_builder.tokenizer
     trajs: list[Trajectory] = []
     obs: list[str] = []
@@ -152,15 +193,20 @@ def collect(
             prompts.append(ids)
             ready.append(i)
         turn_params = SamplingParams(params.max_new_tokens, params.temperature, params.top_p, params.seed + 7919 * turn)
-        gens = engine.generate(prompts, turn_params) if prompts else []
-        still, acts = [], []
-        for i, g in zip(ready, gens):
-            text = tok.decode(g.token_ids, skip_special_tokens=True)
-            if parse_actions:
-                parsed = prompt_builder.parse(text, shown[i])
-                acts.append((text, parsed.action or text, not parsed.valid))
-            else:
-                acts.append((text, text, False))
+        if scoring:
+            gens, acts = _score_turn(engine, prompt_builder, prompts, [shown[i] for i in ready], turn_params)
+        else:
+            gens = [_Turn(list(g.token_ids), list(g.logprobs), g.finish_reason == "length")
+                    for g in (engine.generate(prompts, turn_params) if prompts else [])]
+            acts = []
+            for i, g in zip(ready, gens):
+                text = tok.decode(g.response_ids, skip_special_tokens=True)
+                if parse_actions:
+                    parsed = prompt_builder.parse(text, shown[i])
+                    acts.append((text, parsed.action or text, not parsed.valid))
+                else:
+                    acts.append((text, text, False))
+        still = []
         results = _step_many(envs, [(i, action) for i, (_, action, _) in zip(ready, acts)])
         for i, ids, g, (text, action, invalid) in zip(ready, prompts, gens, acts):
             prev = infos[i]
@@ -170,10 +216,11 @@ def collect(
             o, reward, terminated, truncated, info = results[i]
             invalid = invalid or bool(info.get("invalid_action", False))
             trajs[i].steps.append(Step(
-                prompt_ids=ids, response_ids=list(g.token_ids), logprobs=list(g.logprobs), response_text=text,
+                prompt_ids=ids, response_ids=g.response_ids, logprobs=g.logprobs, response_text=text,
                 reward=float(reward) - (invalid_action_penalty if invalid else 0.0), anchor=prev.get("anchor", obs[i]),
-                invalid_action=invalid, response_truncated=g.finish_reason == "length", info=info,
+                invalid_action=invalid, response_truncated=g.truncated, info=info,
                 state_anchor=prev.get("state_anchor"), action=action, env_reward=float(reward),
+                candidates=g.candidates, choice=g.choice,
             ))
             trajs[i].success = bool(info.get("success", info.get("won", trajs[i].success)))
             history[i].append((obs[i], action))

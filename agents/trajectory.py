@@ -22,6 +22,10 @@ class Step:
     state_anchor: Hashable | None = None  # the env's true-state key, when it offers one
     action: str = ""  # what was sent to the env
     env_reward: float = 0.0  # the env's own reward
+    # The ``score`` action format: every admissible action's token ids (what the policy chose among) and the
+    # index of the chosen one; ``response_ids`` is that candidate and ``logprobs`` holds one value, log pi(a | s).
+    candidates: list[list[int]] | None = None
+    choice: int | None = None
 
 
 @dataclass

@@ -88,7 +88,7 @@ class TrainConfig:
     prompt_template: str | None = _f(None, "User-message template with {observation}; default per domain.")
     system_prompt: str | None = _f(None, "System message; default keeps the chat template's own.")
     history_length: int = _f(2, "Recent (observation, action) pairs shown in each multi-turn prompt.")
-    action_format: str = _f("text", "Agentic envs: text (the action inside <action></action>, as verl-agent) or choice (numbered admissible actions, the model writes a number after an <action> prefix: the easy setting for small models).")
+    action_format: str = _f("text", "Agentic envs: text (the action inside <action></action>, as verl-agent), choice (numbered admissible actions, the model writes a number after an <action> prefix) or score (nothing generated: a softmax over the model's likelihood of each admissible action's text; always valid). choice and score are the easy settings for small models.")
     invalid_action_penalty: float | None = _f(None, "Subtracted from a step's reward when its action is invalid (default: 0.1 for agentic envs, 0 otherwise).")
     gamma: float = _f(0.95, "GiGPO: discount for step-level returns.")
     omega: float = _f(1.0, "GiGPO: weight of the step-level advantage.")
@@ -222,11 +222,11 @@ class TrainConfig:
         if self.action_format not in ACTION_FORMATS:
             raise UserError(f"unknown action_format {self.action_format!r}: use one of {', '.join(ACTION_FORMATS)}")
         check_env_id(self.env)
-        if self.action_format == "choice":
+        if self.action_format in ("choice", "score"):
             from onelayer.envs import env_domain
 
             if env_domain(self.env) != "agentic":
-                raise UserError(f"action_format choice needs an agentic env with admissible actions; {self.env} is "
+                raise UserError(f"action_format {self.action_format} needs an agentic env with admissible actions; {self.env} is "
                                 f"{env_domain(self.env)}: drop --action-format")
         if not isinstance(self.env_kwargs, dict):
             raise UserError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")

@@ -12,14 +12,7 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-
-def decoder_body(model):
-    """The model without its LM head (returns hidden states)."""
-    if hasattr(model, "get_decoder"):
-        body = model.get_decoder()
-        if body is not None:
-            return body
-    return model.base_model
+from onelayer.agents.scoring import decoder_body
 
 
 def _chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: float):

@@ -34,6 +34,7 @@ from onelayer.agents.evaluation import METRIC_OF_DOMAIN, EvalResult, evaluate_po
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
+from onelayer.agents.scoring import action_log_probs
 from onelayer.agents.trajectory import Trajectory
 from onelayer.agents.weight_sync import trained_tensors
 from onelayer.envs import env_domain
@@ -96,6 +97,8 @@ class _Row:
     advantage: float
     engine_logprobs: list[float] | None = None  # the engine's sampling log-probs of response_ids
     padding: bool = False  # FSDP: a stand-in row (no tokens count) so every rank runs as many passes
+    candidates: list[list[int]] | None = None  # score action format: every admissible action's tokens
+    choice: int | None = None  # score action format: the chosen candidate
 
 
 def _load_reward_funcs(specs: list[str]):
@@ -163,6 +166,11 @@ class Trainer:
                                   **config.engine_options())
         self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt,
                                                 config.history_length, config.action_format)
+        # score format: a step's log-prob is log pi(a | s) over the admissible actions, one value per step
+        self.scoring = self.prompts.action_format == "score"
+        if self.scoring and not callable(getattr(self.engine, "score_actions", None)):
+            raise UserError(f"action_format score needs an engine that scores candidate actions; the {config.engine} "
+                            "engine only generates: use --engine hf or another action format")
         self.parse_actions = self.domain == "agentic"
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
                                 else (0.1 if self.domain == "agentic" else 0.0))
@@ -429,6 +437,10 @@ class Trainer:
 
     def _batch_tensors(self, rows: list[_Row]):
         device = next(self.model.parameters()).device
+        adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None].to(device)
+        if self.scoring:  # one "token" per step: the action; _logprobs packs the candidates itself
+            resp = torch.tensor([[0.0 if r.padding else 1.0] for r in rows], dtype=torch.float32)
+            return None, None, resp.to(device), adv
         width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
         pad = self.engine.pad_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -439,11 +451,22 @@ class Trainer:
             ids[i, : len(seq)] = torch.tensor(seq)
             attn[i, : len(seq)] = 1
             resp[i, len(r.prompt_ids) : len(seq)] = 0.0 if r.padding else 1.0
-        adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None]
-        return ids.to(device), attn.to(device), resp.to(device), adv.to(device)
+        return ids.to(device), attn.to(device), resp.to(device), adv
 
     def _logprobs(self, ids, attn, resp, idx: list[int] | None = None):
-        """Response log-probs; rows ``idx`` of the batch replay cached lower-block output when available."""
+        """Response log-probs; rows ``idx`` of the batch replay cached lower-block output when available.
+
+        score format: (rows, 1) tensors, log pi(chosen action | s) and the entropy of pi(. | s), for rows ``idx``
+        of the batch being updated.
+        """
+        if self.scoring:
+            rows = [self._rows[i] for i in idx]
+            lps = action_log_probs(self.model, [r.prompt_ids for r in rows], [r.candidates for r in rows],
+                                   self.engine.pad_id, temperature=self.config.temperature,
+                                   chunk_size=self.config.logprob_chunk_size)
+            lp = torch.stack([row[r.choice] for row, r in zip(lps, rows)])[:, None]
+            ent = torch.stack([-(row.exp() * row).sum() for row in lps]).detach()[:, None]
+            return lp, ent
         hidden = None
         if self.lower is not None and idx is not None and idx and all(i in self._row_hidden for i in idx):
             hidden = torch.zeros((len(idx), ids.shape[1], self._row_hidden[idx[0]].shape[-1]),
@@ -467,8 +490,8 @@ class Trainer:
 
     def _update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
         c = self.config
-        rows = [_Row(s.prompt_ids, s.response_ids, float(a), s.logprobs) for t, a_t in zip(trajs, adv)
-                for s, a in zip(t.steps, a_t) if s.response_ids]
+        rows = [_Row(s.prompt_ids, s.response_ids, float(a), s.logprobs, candidates=s.candidates, choice=s.choice)
+                for t, a_t in zip(trajs, adv) for s, a in zip(t.steps, a_t) if s.response_ids]
         if self.dist is not None:
             rows = self._pad_rows(rows)
         stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
@@ -479,14 +502,14 @@ class Trainer:
         # Reference / old-policy log-probs on the whole batch, before any update (no grad);
         # the frozen lower blocks run here once and their output is kept per row for every later pass.
         old_lp, ref_lp = [None] * len(rows), [None] * len(rows)
-        self._row_hidden, self._lp_pairs = {}, {}
+        self._rows, self._row_hidden, self._lp_pairs = rows, {}, {}
         need_old = c.num_iterations > 1 or c.use_engine_logprobs  # old log-probs computed up front
         if need_old or self.ref_values is not None:
             with torch.no_grad():
                 for s in range(0, len(rows), mb):
                     idx = list(range(s, min(len(rows), s + mb)))
                     ids, attn, resp, _ = self._batch_tensors([rows[i] for i in idx])
-                    if self.lower is not None:
+                    if self.lower is not None and not self.scoring:
                         h = self.lower.capture(ids, attn)
                         for j, i in enumerate(idx):
                             self._row_hidden[i] = h[j, : int(attn[j].sum())]
@@ -512,7 +535,7 @@ class Trainer:
                 mini = order[m::n_mini] if n_mini > 1 else order
                 mrows = [rows[i] for i in mini]
                 _, _, mresp, _ = self._batch_tensors(mrows)
-                norm = agg_norm(mresp, c.resolved_loss_agg(), c.max_new_tokens)
+                norm = agg_norm(mresp, c.resolved_loss_agg(), 1.0 if self.scoring else c.max_new_tokens)
                 if self.dist is not None:
                     norm = self._global_norm(mrows, mresp, norm)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -594,9 +617,10 @@ class Trainer:
         """Keep the trainer's log-probs of rows ``idx`` (sampling policy) beside the engine's, once per row."""
         for j, i in enumerate(idx):
             r = rows[i]
-            if i in self._lp_pairs or not r.engine_logprobs or len(r.engine_logprobs) != len(r.response_ids):
+            n = 1 if self.scoring else len(r.response_ids)  # score format: one value, log pi(a | s)
+            if i in self._lp_pairs or not r.engine_logprobs or len(r.engine_logprobs) != n:
                 continue
-            p, n = len(r.prompt_ids), len(r.response_ids)
+            p = 0 if self.scoring else len(r.prompt_ids)
             self._lp_pairs[i] = (lp[j, p : p + n].detach().float(),
                                  torch.tensor(r.engine_logprobs, dtype=torch.float32, device=lp.device))
 
@@ -620,6 +644,8 @@ class Trainer:
                       file=sys.stderr)
                 self._warned_logprobs = True
             return old_lp
+        if self.scoring:
+            return [torch.tensor(r.engine_logprobs, dtype=torch.float32, device=o.device) for r, o in zip(rows, old_lp)]
         return [place_response_values([len(r.prompt_ids)], [r.engine_logprobs], o.shape[0], o.device)[0]
                 for r, o in zip(rows, old_lp)]
 

@@ -1,0 +1,145 @@
+"""Action scoring: a policy over an env's admissible actions, read from the model's likelihood of each action's text.
+
+The ``score`` action format (GLAM-style, Carta et al. 2023) does not generate: the
+prompt ends with the assistant's ``<action>`` prefix, every admissible action ``a_k``
+is a candidate continuation ``a_k</action>``, and the policy is
+
+    pi(a_k | s) = softmax_k( score_k / T ),   score_k = mean (or sum) over the tokens of a_k</action>
+                                                         of log p_LM(token | prompt, earlier tokens of a_k)
+
+Every action is valid from the first step and the policy reads what the actions
+say, not a position in a list. PPO's log-prob of a step is ``log pi(a | s)``,
+normalised over the admissible set, so the trainer scores every candidate again
+(with gradients) instead of only the chosen one.
+
+All candidates of one prompt go into one packed row: ``prompt + c_1 + c_2 + ...``
+with a 4-D attention mask in which each candidate sees the prompt and its own
+earlier tokens (not the other candidates), and position ids that restart at the
+prompt's end for each candidate. One forward scores them all, as ``K`` separate
+``prompt + c_k`` forwards would, for the cost of one prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+SCORE_NORMS = ("mean", "sum")
+ACTION_END = "</action>"
+
+
+def decoder_body(model):
+    """The model without its LM head (returns hidden states)."""
+    if hasattr(model, "get_decoder"):
+        body = model.get_decoder()
+        if body is not None:
+            return body
+    return model.base_model
+
+
+def pack_candidates(prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int):
+    """Packed rows for scoring: token ids, 4-D boolean mask, position ids and where each candidate token sits.
+
+    Returns ``(ids (B, T), mask (B, 1, T, T), positions (B, T), pred (N,), targets (N,), spans)``:
+    ``pred`` indexes the flattened (B*T) hidden states that predict the N candidate tokens
+    ``targets``, and ``spans[b][k]`` is the slice of those N tokens belonging to candidate k of row b.
+    Padding positions attend only to themselves (a fully masked row would give NaN).
+    """
+    if len(prompts) != len(candidates):
+        raise ValueError(f"{len(prompts)} prompts for {len(candidates)} candidate lists")
+    lengths = []
+    for p, cands in zip(prompts, candidates):
+        if not p:
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        if not cands or any(not c for c in cands):
+            raise ValueError("every prompt needs at least one candidate, and every candidate at least one token")
+        lengths.append(len(p) + sum(len(c) for c in cands))
+    B, T = len(prompts), max(lengths)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, 1, T, T), dtype=torch.bool)
+    mask[:, 0] = torch.eye(T, dtype=torch.bool)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    pred, targets, spans = [], [], []
+    for b, (p, cands) in enumerate(zip(prompts, candidates)):
+        P = len(p)
+        ids[b, :P] = torch.tensor(p)
+        mask[b, 0, :P, :P] = torch.tril(torch.ones((P, P), dtype=torch.bool))
+        pos[b, :P] = torch.arange(P)
+        start, row_spans = P, []
+        for c in cands:
+            n, end = len(c), P + len(c)
+            s, e = start, start + n
+            ids[b, s:e] = torch.tensor(c)
+            mask[b, 0, s:e, :P] = True
+            mask[b, 0, s:e, s:e] = torch.tril(torch.ones((n, n), dtype=torch.bool))
+            pos[b, s:e] = torch.arange(P, end)
+            # token j of the candidate is predicted by the prompt's last state (j = 0) or by its own token j - 1
+            first = len(targets)
+            pred.extend([b * T + P - 1] + [b * T + i for i in range(s, e - 1)])
+            targets.extend(c)
+            row_spans.append((first, len(targets)))
+            start = e
+        spans.append(row_spans)
+    return ids, mask, pos, torch.tensor(pred, dtype=torch.long), torch.tensor(targets, dtype=torch.long), spans
+
+
+def _token_logp(head, hs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(head(hs).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def candidate_token_logprobs(model, prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int,
+                             chunk_size: int = 1024) -> list[list[torch.Tensor]]:
+    """``out[b][k]``: the log-probs of candidate k's tokens after prompt b (one packed forward for the batch).
+
+    Gradients flow into parameters that require them when grad is enabled; the LM head
+    runs on candidate positions only, ``chunk_size`` tokens at a time (checkpointed with grad).
+    """
+    ids, mask, pos, pred, targets, spans = pack_candidates(prompts, candidates, pad_id)
+    device = next(model.parameters()).device
+    body, head = decoder_body(model), model.get_output_embeddings()
+    hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                  use_cache=False).last_hidden_state
+    hs = hidden.reshape(-1, hidden.shape[-1])[pred.to(device)]
+    targets = targets.to(device)
+    need_grad = torch.is_grad_enabled() and (hs.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for s in range(0, hs.shape[0], chunk_size):
+        h, t = hs[s : s + chunk_size], targets[s : s + chunk_size]
+        parts.append(checkpoint(_token_logp, head, h, t, use_reentrant=False) if need_grad else _token_logp(head, h, t))
+    flat = torch.cat(parts)
+    return [[flat[a:b] for a, b in row] for row in spans]
+
+
+def action_scores(token_logprobs: list[torch.Tensor], norm: str = "mean") -> torch.Tensor:
+    """One score per candidate: the mean (default) or sum of its token log-probs.
+
+    ``sum`` is the candidate text's log-likelihood: every extra token lowers it, so
+    long actions ("put mug 1 in/on desk 1") lose to short ones ("look") whatever
+    they say; ``mean`` compares actions of different lengths on equal terms.
+    """
+    if norm not in SCORE_NORMS:
+        raise ValueError(f"unknown score norm {norm!r}: use one of {', '.join(SCORE_NORMS)}")
+    return torch.stack([t.mean() if norm == "mean" else t.sum() for t in token_logprobs])
+
+
+def action_log_probs(model, prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int,
+                     norm: str = "mean", temperature: float = 1.0, chunk_size: int = 1024) -> list[torch.Tensor]:
+    """``log pi(. | prompt b)`` over prompt b's candidates: ``log_softmax(score / T)`` (T <= 0 counts as 1)."""
+    t = temperature if temperature > 0 else 1.0
+    token_lps = candidate_token_logprobs(model, prompts, candidates, pad_id, chunk_size)
+    return [torch.log_softmax(action_scores(row, norm) / t, dim=-1) for row in token_lps]
+
+
+def choose_actions(log_probs: list[list[float]], temperature: float, seed: int) -> list[int]:
+    """One candidate index per row: the argmax when ``temperature`` <= 0, else a draw from ``exp(log_probs)``,
+    reproducible from ``seed`` (row b's draw uses the b-th uniform of the seed's stream)."""
+    if temperature <= 0:
+        return [max(range(len(lp)), key=lp.__getitem__) for lp in log_probs]
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    uniforms = torch.rand(len(log_probs), generator=gen, dtype=torch.float64).tolist()
+    out = []
+    for lp, u in zip(log_probs, uniforms):
+        cdf = torch.cumsum(torch.tensor(lp, dtype=torch.float64).exp(), 0)
+        cdf = cdf / cdf[-1]
+        out.append(min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64)).item()), len(lp) - 1))
+    return out

@@ -10,7 +10,10 @@ takes tens of minutes on 2 cores, not hours):
   games, 30 held-out eval games whose layouts the train set does not contain), under
   ``OUT/games/{train,eval}`` (the same files as the ``alfworld-gen-easy`` suite's);
 - agent: the ``choice`` action format (numbered admissible actions, the model writes
-  a number after an ``<action>`` prefix, 3 new tokens), no history, 10 turns;
+  a number after an ``<action>`` prefix, 3 new tokens) or, with ``--action-format score``,
+  the ``score`` format (a softmax over the model's likelihood of each admissible
+  action's text; nothing generated), no history, 10 turns; a study directory holds
+  one format (a rerun in another one is refused);
   "help", "look" and "inventory" are not listed (``hide_commands``);
 - training: the middle layer, lr 1e-4 (``--lr``), 3 games x 4 samples per step, 20 steps;
 - evaluation: greedy on the 30 held-out games, for every run at its last step
@@ -85,18 +88,22 @@ def final_eval(metrics: list[dict], steps: int) -> float | None:
 
 
 def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int, algo: str,
-            lr: float | None = None) -> list[dict]:
+            lr: float | None = None, action_format: str | None = None) -> list[dict]:
     """Train (or, with ``steps=0``, only evaluate) one run, resuming it when interrupted; its metrics."""
     from onelayer.errors import UserError
     from onelayer.training.config import TrainConfig
     from onelayer.training.trainer import Trainer
 
     run_dir = out / "runs" / name
-    settings = {**SETTINGS, "lr": SETTINGS["lr"] if lr is None else lr}
-    if steps and (run_dir / "config.json").is_file():
-        done_lr = json.loads((run_dir / "config.json").read_text())["config"]["lr"]
-        if done_lr != settings["lr"]:
-            raise UserError(f"{run_dir} was trained with lr {done_lr}, not {settings['lr']}: use another --out")
+    settings = {**SETTINGS, "lr": SETTINGS["lr"] if lr is None else lr,
+                "action_format": action_format or SETTINGS["action_format"]}
+    if (run_dir / "config.json").is_file():
+        done = json.loads((run_dir / "config.json").read_text())["config"]
+        if steps and done["lr"] != settings["lr"]:
+            raise UserError(f"{run_dir} was trained with lr {done['lr']}, not {settings['lr']}: use another --out")
+        if done["action_format"] != settings["action_format"]:
+            raise UserError(f"{run_dir} was run in the {done['action_format']} action format, not "
+                            f"{settings['action_format']}: use another --out")
     if final_eval(_metrics(run_dir), steps) is None:
         cfg = TrainConfig(model=model, algo=algo, steps=steps, seed=seed, eval_at_start=steps == 0,
                           env_kwargs={"data_path": str(games), "hide_commands": HIDE_COMMANDS}, out=str(run_dir),
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=SETTINGS["lr"], help="Learning rate of the trained layer.")
+    p.add_argument("--action-format", default=SETTINGS["action_format"], choices=["choice", "score"],
+                   help="choice: the model writes an action's number; score: a softmax over the model's likelihood of "
+                        "each admissible action's text (agents.scoring).")
     p.add_argument("--eval-samples", type=int, default=4,
                    help="Also score the base model and every run over this many passes sampled at T=1 with the "
                         "same seeds for all (0: only the trainer's greedy eval).")
@@ -251,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         # is evaluated once per seed and every run is compared with the base on its own seed's order.
         bases, runs = {}, {a: {} for a in algos}
         for s in seeds:  # seed-major, so an interrupted study already compares the algorithms
-            bases[s] = run_one(args.out, f"base-s{s}", args.model, games, 0, s, algos[0])
+            bases[s] = run_one(args.out, f"base-s{s}", args.model, games, 0, s, algos[0],
+                               action_format=args.action_format)
             for a in algos:
-                runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr)
+                runs[a][s] = run_one(args.out, f"{a}-s{s}", args.model, games, args.steps, s, a, args.lr,
+                                     args.action_format)
         sampled = None
         if args.eval_samples:
             base = eval_sampled(args.out / "runs" / f"base-s{seeds[0]}", games, args.eval_samples)
@@ -264,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(bases, runs, args.steps)
     summary["eval_sampled"] = sampled
-    summary.update(settings={**SETTINGS, "lr": args.lr, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
+    summary.update(settings={**SETTINGS, "lr": args.lr, "action_format": args.action_format, "hide_commands": HIDE_COMMANDS, "steps": args.steps, "model": args.model,
                              "games": {"train": _recipe("train"), "eval": _recipe("eval")}},
                    command=" ".join(["python -m onelayer.benchmarks.alfworld_learning", *(argv or sys.argv[1:])]),
                    machine=describe_machine(), wall_s=time.time() - t)

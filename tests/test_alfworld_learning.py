@@ -57,6 +57,8 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert study.main(["--out", str(out), "--lr", "0"]) == 2
     assert study.main([*args, "--lr", "1e-3"]) == 2  # finished runs of another lr are not mixed in
     assert "trained with lr 0.0001" in capsys.readouterr().err
+    assert study.main([*args, "--action-format", "score"]) == 2  # nor runs of another action format
+    assert "run in the choice action format, not score" in capsys.readouterr().err
 
 
 def test_sampled_summary_pairs_every_run_with_the_base_on_the_same_seeds():

@@ -36,13 +36,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fsdp_two_processes_match_the_single_process_step(tiny_model_dirs, tmp_path):
+# score: multi-turn episodes give the ranks different numbers of steps, so the short rank pads its batch
+SCORE = dict(env="onelayer/GuessNumber-v0", env_kwargs={"high": 4}, action_format="score", max_turns=3, seed=1,
+             reward_funcs=[])
+
+
+@pytest.mark.parametrize("fmt", ["generate", "score"])
+def test_fsdp_two_processes_match_the_single_process_step(fmt, tiny_model_dirs, tmp_path):
     model_dir = tiny_model_dirs["qwen3"]
-    cfg = fsdp_config(model_dir, tmp_path / "single")
+    cfg = fsdp_config(model_dir, tmp_path / "single", **(SCORE if fmt == "score" else {}))
     # The single-process step on a fixed batch: the reference the 2-process update must reproduce.
     single = Trainer(TrainConfig.from_dict(cfg))
     trajs = single.sample(1)
     assert {t.group for t in trajs} == {0, 1}
+    if fmt == "score":  # the ranks hold different numbers of steps: rank 1 pads
+        assert len({sum(t.length for t in trajs if t.group == g) for g in (0, 1)}) == 2
     w0 = {n: p.detach().clone() for n, p in single.model.named_parameters() if n in single.param_names}
     ref_stats = single.update(trajs, single.advantages(trajs)[0])
     ref = {n: p.detach().clone() for n, p in single.model.named_parameters() if n in single.param_names}

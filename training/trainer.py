@@ -598,8 +598,10 @@ class Trainer:
         most = int(fsdp.all_reduce([float(len(rows))], op="max")[0])
         if most == 0:
             return rows
-        like = rows[0] if rows else _Row([self.engine.pad_id], [self.engine.pad_id], 0.0)
-        return rows + [_Row(like.prompt_ids, like.response_ids, 0.0, padding=True) for _ in range(most - len(rows))]
+        pad = self.engine.pad_id
+        like = rows[0] if rows else _Row([pad], [pad], 0.0, candidates=[[pad]] if self.scoring else None, choice=0)
+        return rows + [_Row(like.prompt_ids, like.response_ids, 0.0, padding=True, candidates=like.candidates,
+                            choice=like.choice) for _ in range(most - len(rows))]
 
     def _silent(self, rows: list[_Row]) -> bool:
         """No row has a nonzero advantage (under FSDP: on any rank)."""

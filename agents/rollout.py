@@ -96,7 +96,7 @@ class _Turn:
 def _score_turn(engine, builder: PromptBuilder, prompts: list[list[int]], shown: list[list[str] | None],
                 params: SamplingParams) -> tuple[list[_Turn], list[tuple[str, str, bool]]]:
     """The ``score`` format's turn: one ``engine.score_actions`` call for every live episode, then a seeded draw
-    (argmax at temperature 0) from each episode's softmax over its admissible actions."""
+    (argmax at temperature 0) from each episode's softmax over its admissible actions (``top_p`` does not apply)."""
     if not prompts:
         return [], []
     for actions in shown:

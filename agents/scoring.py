@@ -15,8 +15,8 @@ normalised over the admissible set, so the trainer scores every candidate again
 All candidates of one prompt go into one packed row: ``prompt + c_1 + c_2 + ...``
 with a 4-D attention mask in which each candidate sees the prompt and its own
 earlier tokens (not the other candidates), and position ids that restart at the
-prompt's end for each candidate. One forward scores them all, as ``K`` separate
-``prompt + c_k`` forwards would, for the cost of one prompt.
+prompt's end for each candidate. One forward over ``P + sum_k |c_k|`` tokens scores
+them all, as ``K`` separate ``prompt + c_k`` forwards (``K x P`` prompt tokens) would.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import torch
 
+from onelayer.agents.scoring import action_log_probs
+
 
 @dataclass
 class SamplingParams:
@@ -134,8 +136,6 @@ class HFEngine:
                       temperature: float = 1.0) -> list[list[float]]:
         """``log pi(a_k | prompt)`` for each prompt's candidate actions (``agents.scoring``), packed rows in
         micro-batches of at most 16 (a packed row is a prompt plus all its candidates)."""
-        from onelayer.agents.scoring import action_log_probs
-
         out: list[list[float]] = []
         step = max(1, min(self.max_batch_size, 16))
         for s in range(0, len(prompts), step):

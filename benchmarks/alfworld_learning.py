@@ -45,8 +45,10 @@ import sys
 import time
 from pathlib import Path
 
+from onelayer.benchmarks.contribution import bootstrap_mean_ci, paired_permutation_test
 from onelayer.benchmarks.machine import describe_machine
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
+from onelayer.errors import UserError
 from onelayer.io import atomic_write_json, read_jsonl
 
 SETTINGS = dict(
@@ -90,7 +92,6 @@ def final_eval(metrics: list[dict], steps: int) -> float | None:
 def run_one(out: Path, name: str, model: str, games: Path, steps: int, seed: int, algo: str,
             lr: float | None = None, action_format: str | None = None) -> list[dict]:
     """Train (or, with ``steps=0``, only evaluate) one run, resuming it when interrupted; its metrics."""
-    from onelayer.errors import UserError
     from onelayer.training.config import TrainConfig
     from onelayer.training.trainer import Trainer
 
@@ -157,6 +158,24 @@ def eval_sampled(run_dir: Path, games: Path, samples: int) -> dict:
     return res
 
 
+def _success_by_game(res: dict) -> dict[str, float]:
+    return {str(it["task_id"]): statistics.fmean(float(x["success"]) for x in it["samples"]) for it in res["items"]}
+
+
+def paired_by_game(run: dict, base: dict) -> dict:
+    """A run's sampled gain over the base model paired by held-out game: each game's success over the passes
+    minus the base's on the same game and seeds; the mean over games, its 95% bootstrap CI over games, and the
+    two-sided p of the paired sign-flip permutation test."""
+    mine, theirs = _success_by_game(run), _success_by_game(base)
+    if mine.keys() != theirs.keys():
+        raise UserError(f"the run and the base model were evaluated on different games ({len(mine)} vs "
+                        f"{len(theirs)}); delete the stale eval_sampled.json and rerun")
+    x, y = [mine[k] for k in sorted(mine)], [theirs[k] for k in sorted(mine)]
+    gain, low, high = bootstrap_mean_ci([a - b for a, b in zip(x, y)])
+    return {"games": len(x), "gain": gain, "ci95": [low, high], "p_permutation": paired_permutation_test(x, y),
+            "games_up": sum(a > b for a, b in zip(x, y)), "games_down": sum(a < b for a, b in zip(x, y))}
+
+
 def summarize_sampled(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
     """Per run and per algorithm (mean, sample sd over seeds): sampled held-out success and its gain over the base
     model on the same sample seeds."""
@@ -166,7 +185,8 @@ def summarize_sampled(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
         scores = [r["success_rate"] for _, r in sorted(by_seed.items())]
         for seed, r in sorted(by_seed.items()):
             out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_sample": r["by_sample"],
-                                              "gain": r["success_rate"] - base["success_rate"]}
+                                              "gain": r["success_rate"] - base["success_rate"],
+                                              "paired": paired_by_game(r, base)}
         out["algos"][algo] = _spread(scores, [v - base["success_rate"] for v in scores])
     return out
 
@@ -216,7 +236,11 @@ def print_table(summary: dict) -> None:
         print(f"\nheld-out success over {sampled['samples']} passes sampled at T={sampled['temperature']:g} (the same "
               f"seeds for every run): base {sampled['base']:.3f}")
         for name, r in sampled["runs"].items():
-            print(f"{name}: {r['success_rate']:.3f} (gain {r['gain']:+.3f})")
+            pr = r.get("paired")
+            paired = "" if pr is None else (
+                f"; paired over {pr['games']} games: CI [{pr['ci95'][0]:+.3f}, {pr['ci95'][1]:+.3f}], "
+                f"permutation p = {pr['p_permutation']:.4f}, {pr['games_up']} games up / {pr['games_down']} down")
+            print(f"{name}: {r['success_rate']:.3f} (gain {r['gain']:+.3f}{paired})")
         _print_algos(sampled["algos"])
 
 
@@ -243,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also score the base model and every run over this many passes sampled at T=1 with the "
                         "same seeds for all (0: only the trainer's greedy eval).")
     args = p.parse_args(argv)
-    from onelayer.errors import UserError
-
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         algos = [a.strip() for a in args.algos.split(",") if a.strip()]

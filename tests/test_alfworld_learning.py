@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from onelayer.benchmarks import alfworld_learning as study
 from onelayer.envs.alfworld_gen import EASY_SETS, read_signatures
+from onelayer.errors import UserError
 
 
 def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path, monkeypatch, capsys):
@@ -34,6 +37,9 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert sampled["samples"] == 2 and sampled["temperature"] == 1.0 and len(sampled["base_by_sample"]) == 2
     assert set(sampled["runs"]) == set(summary["runs"])
     assert sampled["runs"]["gigpo-s1"]["gain"] == sampled["runs"]["gigpo-s1"]["success_rate"] - sampled["base"]
+    paired = sampled["runs"]["gigpo-s1"]["paired"]
+    assert paired["games"] == 2 and paired["gain"] == pytest.approx(sampled["runs"]["gigpo-s1"]["gain"])
+    assert 0 < paired["p_permutation"] <= 1
     base_sampled = json.loads((out / "runs" / "base-s0" / "eval_sampled.json").read_text())
     settings = base_sampled["settings"]
     assert settings["num_samples"] == 2 and settings["max_new_tokens"] == 3 and settings["temperature"] == 1.0
@@ -61,14 +67,35 @@ def test_study_runs_summarizes_and_skips_finished_runs(tiny_model_dirs, tmp_path
     assert "run in the choice action format, not score" in capsys.readouterr().err
 
 
+def _items(wins: list[list[int]]) -> list[dict]:
+    """Eval items: game g won on the passes marked 1 in wins[g]."""
+    return [{"task_id": f"game-{g}", "samples": [{"success": bool(w)} for w in passes]} for g, passes in enumerate(wins)]
+
+
 def test_sampled_summary_pairs_every_run_with_the_base_on_the_same_seeds():
-    base = {"success_rate": 0.25, "by_sample": [0.2, 0.3], "settings": {"num_samples": 2, "temperature": 1.0}}
-    runs = {"gigpo": {0: {"success_rate": 0.35, "by_sample": [0.3, 0.4]},
-                      1: {"success_rate": 0.15, "by_sample": [0.1, 0.2]},
-                      2: {"success_rate": 0.40, "by_sample": [0.4, 0.4]}}}
+    base = {"success_rate": 0.25, "by_sample": [0.2, 0.3], "settings": {"num_samples": 2, "temperature": 1.0},
+            "items": _items([[0, 1], [0, 0]])}
+    runs = {"gigpo": {0: {"success_rate": 0.35, "by_sample": [0.3, 0.4], "items": _items([[1, 1], [0, 0]])},
+                      1: {"success_rate": 0.15, "by_sample": [0.1, 0.2], "items": _items([[0, 0], [0, 0]])},
+                      2: {"success_rate": 0.40, "by_sample": [0.4, 0.4], "items": _items([[1, 1], [1, 0]])}}}
     out = study.summarize_sampled(base, runs)
     assert out["samples"] == 2 and out["base_by_sample"] == [0.2, 0.3]
     assert [round(r["gain"], 6) for r in out["runs"].values()] == [0.1, -0.1, 0.15]
     algo = out["algos"]["gigpo"]
     assert round(algo["gain_mean"], 6) == round((0.1 - 0.1 + 0.15) / 3, 6)
     assert round(algo["gain_sd"], 6) == round(algo["sd"], 6) == 0.132288  # sd of 0.35, 0.15, 0.40 (by hand)
+
+
+def test_paired_gain_is_per_game_against_the_base():
+    # base wins games 0-1 on half the passes and nothing else; the run wins games 0-4 on every pass
+    base = {"items": _items([[1, 0], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0]])}
+    run = {"items": _items([[1, 1]] * 5 + [[0, 0]])}
+    pr = study.paired_by_game(run, base)
+    # differences 0.5, 0.5, 1, 1, 1, 0: mean 4/6; 5 nonzero, |sum| = 4 reached by all-plus / all-minus only
+    assert pr["games"] == 6 and pr["gain"] == pytest.approx(4 / 6)
+    assert pr["games_up"] == 5 and pr["games_down"] == 0 and pr["p_permutation"] == 2 / 32
+    assert 0.3 <= pr["ci95"][0] < pr["gain"] < pr["ci95"][1] <= 1.0
+    reordered = {"items": list(reversed(run["items"]))}  # games are matched by task id, not position
+    assert study.paired_by_game(reordered, base) == pr
+    with pytest.raises(UserError, match="different games"):
+        study.paired_by_game({"items": run["items"][:5]}, base)

@@ -12,6 +12,7 @@ from onelayer.benchmarks.contribution import (
     contribution_over_seeds,
     kendall_tau,
     layer_contribution,
+    paired_permutation_test,
     pearson,
     rank_correlation_matrix,
     spearman,
@@ -194,6 +195,42 @@ def test_bootstrap_mean_ci_matches_the_normal_interval_for_many_values():
 def test_bootstrap_mean_ci_of_one_value_has_no_interval():
     mean, low, high = bootstrap_mean_ci([0.42])
     assert mean == 0.42 and math.isnan(low) and math.isnan(high)
+
+
+# ---------------------------------------------------------------- paired_permutation_test
+
+
+def test_paired_permutation_test_by_hand():
+    # 5 differences of +1: only the all-plus and all-minus sign assignments are as extreme, 2 of 32
+    assert paired_permutation_test([1] * 5, [0] * 5) == 2 / 32
+    # zeros drop out: +1, +1, -1 -> |sum| = 1; assignments with |sum| >= 1 are all 8
+    assert paired_permutation_test([1, 1, 0, 0.5], [0, 0, 1, 0.5]) == 1.0
+    assert paired_permutation_test([0.25] * 30, [0.25] * 30) == 1.0
+    # +0.5, +0.25, +0.25: |sum| >= 1 only for all-plus / all-minus; float ties (0.1 + 0.2) still count
+    assert paired_permutation_test([0.75, 0.5, 0.5], [0.25, 0.25, 0.25]) == 2 / 8
+    assert paired_permutation_test([0.1, 0.2], [0.0, 0.0]) == 2 / 4
+
+
+def test_paired_permutation_test_matches_scipy_exact_and_resampled():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    x = rng.random(12)
+    y = x - 0.1 + 0.15 * rng.random(12)
+    exact = stats.permutation_test((x - y,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+    assert paired_permutation_test(x, y) == pytest.approx(exact, abs=1e-12)
+    x, y = rng.random(25), rng.random(25) + 0.15  # 25 differences: resampled, seeded
+    ref = stats.permutation_test((x - y,), np.mean, permutation_type="samples", n_resamples=100000,
+                                 random_state=0).pvalue
+    p = paired_permutation_test(x, y)
+    assert p == paired_permutation_test(x, y) and p == pytest.approx(ref, abs=0.005)
+    assert 0 < paired_permutation_test([1.0] * 40, [0.0] * 40) <= 1 / 100001 + 1e-12
+
+
+def test_paired_permutation_test_refuses_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        paired_permutation_test([1, 2], [1])
+    with pytest.raises(ValueError, match="n_resamples"):
+        paired_permutation_test([1], [0], n_resamples=0)
 
 
 # ---------------------------------------------------------------- rank correlations

@@ -162,14 +162,15 @@ def _success_by_game(res: dict) -> dict[str, float]:
     return {str(it["task_id"]): statistics.fmean(float(x["success"]) for x in it["samples"]) for it in res["items"]}
 
 
-def paired_by_game(run: dict, base: dict) -> dict:
+def paired_by_game(run: dict, base: dict, name: str = "the run") -> dict:
     """A run's sampled gain over the base model paired by held-out game: each game's success over the passes
     minus the base's on the same game and seeds; the mean over games, its 95% bootstrap CI over games, and the
     two-sided p of the paired sign-flip permutation test."""
     mine, theirs = _success_by_game(run), _success_by_game(base)
     if mine.keys() != theirs.keys():
-        raise UserError(f"the run and the base model were evaluated on different games ({len(mine)} vs "
-                        f"{len(theirs)}); delete the stale eval_sampled.json and rerun")
+        raise UserError(f"{name} and the base model were evaluated on different games ({len(mine)} vs "
+                        f"{len(theirs)}): delete the stale runs/*/eval_sampled.json (the run's or the base's) "
+                        f"and rerun to evaluate it again")
     x, y = [mine[k] for k in sorted(mine)], [theirs[k] for k in sorted(mine)]
     gain, low, high = bootstrap_mean_ci([a - b for a, b in zip(x, y)])
     return {"games": len(x), "gain": gain, "ci95": [low, high], "p_permutation": paired_permutation_test(x, y),
@@ -186,7 +187,7 @@ def summarize_sampled(base: dict, runs: dict[str, dict[int, dict]]) -> dict:
         for seed, r in sorted(by_seed.items()):
             out["runs"][f"{algo}-s{seed}"] = {"success_rate": r["success_rate"], "by_sample": r["by_sample"],
                                               "gain": r["success_rate"] - base["success_rate"],
-                                              "paired": paired_by_game(r, base)}
+                                              "paired": paired_by_game(r, base, f"{algo}-s{seed}")}
         out["algos"][algo] = _spread(scores, [v - base["success_rate"] for v in scores])
     return out
 

@@ -99,3 +99,5 @@ def test_paired_gain_is_per_game_against_the_base():
     assert study.paired_by_game(reordered, base) == pr
     with pytest.raises(UserError, match="different games"):
         study.paired_by_game({"items": run["items"][:5]}, base)
+    with pytest.raises(UserError, match="gigpo-s1 and the base model .* delete the stale"):
+        study.paired_by_game({"items": run["items"][:5]}, base, "gigpo-s1")

@@ -7,7 +7,7 @@ actions (a fixed seed): ``num_envs`` episodes are live at once; a finished
 episode is reset on the next game. Counted: ``step`` calls per wall-clock
 second (resets, which load a game, are in the time but not in the count).
 "speedup" is relative to the same ``num_envs`` stepped in this process.
-Prints a table and writes JSON (default ``benchmarks/alfworld_steps.json``)
+Prints a table and writes JSON (default ``results/alfworld_steps.json``)
 with the machine. Note: on a machine whose cores are busy with other work the
 worker rows cannot scale; check ``uptime`` first.
 """
@@ -15,13 +15,13 @@ worker rows cannot scale; check ``uptime`` first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
 from pathlib import Path
 
 from onelayer.benchmarks.machine import describe_machine
+from onelayer.io import atomic_write_json
 
 
 def run(num_envs: int, num_workers: int | None, steps: int, env_kwargs: dict, seed: int = 0) -> dict:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--workers", default=None, help="comma-separated worker counts (default: 1 and os.cpu_count())")
     p.add_argument("--steps", type=int, default=1600, help="env steps per configuration")
-    p.add_argument("--out", default=str(Path(__file__).with_name("alfworld_steps.json")))
+    p.add_argument("--out", default="results/alfworld_steps.json")
     a = p.parse_args(argv)
     workers = [int(w) for w in a.workers.split(",")] if a.workers else sorted({1, os.cpu_count() or 1})
     env_kwargs = {"data_path": a.data_path} if a.data_path else {}
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     from onelayer.envs.alfworld_vec import resolve_data_path
 
     result = {"machine": describe_machine(("alfworld", "textworld", "fast-downward-textworld")), "data_path": str(resolve_data_path(a.data_path, "train")), "results": rows}
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out, result)
     print(f"wrote {a.out}")
     return 0
 

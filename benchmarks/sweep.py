@@ -572,7 +572,7 @@ def log_stderr(msg: str) -> None:
 
 
 # -------------------------------------------------------------------- presets
-# Costs are measured on the 2-core CPU this project is developed on (see benchmarks/RESULTS.md)
+# Costs are measured on the 2-core CPU this project is developed on (see results/RESULTS.md)
 # where a preset says "measured"; the GPU presets reproduce the paper's setups and are unmeasured here.
 PRESETS: dict[str, dict] = {
     # The README's main job: base, full and 3 layers, 1 seed (~20 min on 2 cores). cpu-math extends the same
@@ -589,7 +589,7 @@ PRESETS: dict[str, dict] = {
     # The learning study's setting (benchmarks/alfworld_learning.py): easy generated games, numbered actions. In
     # verl-agent's text format the 135M model never names an admissible action, so every reward is 0. Scored on
     # sampled passes first: greedy, the model answers "1" whatever is listed, so a greedy score moves only when
-    # its position preference does (benchmarks/RESULTS.md, the ALFWorld compare).
+    # its position preference does (results/RESULTS.md, the ALFWorld compare).
     "cpu-agentic": dict(
         domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
         suites={"agentic": ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]},

@@ -1,6 +1,6 @@
 """Time one training step and measure peak memory per layer selection, on the same batch.
 
-    python -m onelayer.benchmarks.train_step [--model smollm2-135m] [--out benchmarks/train_step.json]
+    python -m onelayer.benchmarks.train_step [--model smollm2-135m] [--out results/train_step.json]
 
 For ``none``, a first, a middle and the last layer, and ``all``: the time of
 one PPO update (forward, backward, optimizer step; no sampling) on one fixed
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     ap.add_argument("--response-tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="benchmarks/train_step.json")
+    ap.add_argument("--out", default="results/train_step.json")
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one is not None:  # child process: one selection, fresh memory high-water mark

@@ -65,3 +65,13 @@ def tiny_model_dirs(tmp_path_factory, tokenizer):
         tokenizer.save_pretrained(d)
         dirs[arch] = d
     return dirs
+
+
+@pytest.fixture(scope="module")
+def grouped_prompts(tokenizer):
+    """Three tasks of different prompt lengths, each repeated as a GRPO group, interleaved with a single prompt."""
+    from onelayer.agents.prompts import PromptBuilder
+
+    builder = PromptBuilder.for_domain(tokenizer, "math")
+    tasks = [builder.encode(q) for q in ["What is 2 + 2?", "What is 13 + 29 + 4 - 7?", "Name a colour."]]
+    return [p for p in tasks for _ in range(4)] + [builder.encode("x")]

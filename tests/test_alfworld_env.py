@@ -10,20 +10,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 
-pytest.importorskip("alfworld")
-pytest.importorskip("textworld")
-pytest.importorskip("fast_downward")
-
-import gymnasium as gym  # noqa: E402
-
-import onelayer  # noqa: E402, F401  (registers env ids)
-from onelayer.envs import alfworld_data, alfworld_gen  # noqa: E402
-from onelayer.envs.alfworld_data import TASK_TYPES  # noqa: E402
-from onelayer.envs.alfworld_env import ALFWorldEnv  # noqa: E402
-from onelayer.envs.alfworld_gen import generate_games  # noqa: E402
-from onelayer.errors import UserError  # noqa: E402
+import onelayer  # noqa: F401  (registers env ids)
+from onelayer.envs import alfworld_data, alfworld_gen
+from onelayer.envs.alfworld_data import TASK_TYPES
+from onelayer.envs.alfworld_env import ALFWorldEnv
+from onelayer.envs.alfworld_gen import generate_games
+from onelayer.errors import UserError
 
 
 @pytest.fixture(scope="module")

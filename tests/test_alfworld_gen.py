@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("alfworld")
-pytest.importorskip("textworld")
-pytest.importorskip("fast_downward")
-
-from onelayer.envs import alfworld_gen  # noqa: E402
-from onelayer.envs.alfworld_data import TASK_TYPES, find_games  # noqa: E402
-from onelayer.envs.alfworld_gen import MANIFEST, generate_games, main, read_signatures  # noqa: E402
-from onelayer.errors import UserError  # noqa: E402
+from onelayer.envs import alfworld_gen
+from onelayer.envs.alfworld_data import TASK_TYPES, find_games
+from onelayer.envs.alfworld_gen import MANIFEST, generate_games, main, read_signatures
+from onelayer.errors import UserError
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -208,7 +208,6 @@ def test_sweep_trains_an_inserted_block_and_eval_reloads_it(tiny_model_dirs, tmp
 
 @pytest.mark.slow  # starts a local Ray instance (minutes on 2 cores); CI runs -m slow after the default suite
 def test_ray_executor_gives_the_local_results(tiny_model_dirs, tmp_path):
-    pytest.importorskip("ray")
     runner = CliRunner()
     local, remote = tmp_path / "local", tmp_path / "ray"
     args = dict(layers="3", seeds="1", steps=2)

@@ -139,7 +139,6 @@ def test_out_of_range_layer_names_the_range(tiny_model_dirs, tmp_path):
 
 
 def test_report_to_tensorboard_writes_event_files(tiny_model_dirs, tmp_path):
-    pytest.importorskip("tensorboard")
     model, tok = _load(tiny_model_dirs["qwen3"])
     Trainer(tiny_config(tiny_model_dirs["qwen3"], tmp_path / "r", layers="1", report_to=["tensorboard"]),
             model=model, tokenizer=tok).train(progress=False)
@@ -202,7 +201,6 @@ def test_a_mini_batch_without_signal_skips_its_step_instead_of_tripping_the_guar
 
 
 def test_report_to_wandb_offline_writes_a_local_run(tiny_model_dirs, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     model, tok = _load(tiny_model_dirs["qwen3"])

@@ -18,7 +18,8 @@ Sources (``dataset=``):
 Splits: HumanEval and MBPP+ have no training split, so every problem is assigned
 to ``train`` (about 2/3) or ``eval`` (about 1/3) by a hash of its ``task_id``;
 the assignment never changes with file order. ``all`` is every problem (use it to
-score the full benchmark).
+score the full benchmark). Problems whose grading rewards a constant answer
+(:data:`CONSTANT_REWARD_TASKS`) are in neither ``train`` nor ``eval``, only in ``all``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ NAMED_DATASETS = ("humaneval", "humaneval+", "mbpp+")
 _EVALPLUS_FILES = {
     "humaneval+": ("HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus", "v0.1.10", "humanevalplus_release"),
     "mbpp+": ("MBPP_OVERRIDE_PATH", "MbppPlus", "v0.2.0", "mbppplus_release"),
+}
+
+# EvalPlus grades these MBPP+ tasks with special oracles that a constant satisfies (evalplus/eval/__init__.py,
+# mirrored in code_harness._MBPP_ORACLES), so a reward from them pays a policy for answering a constant.
+# They are kept out of the splits RL uses (train: the rewards; eval: the score of what training learnt) and stay
+# in `all`, graded exactly as EvalPlus grades them, so a full-benchmark score is comparable with EvalPlus'.
+CONSTANT_REWARD_TASKS = {
+    ("mbpp+", "are_equivalent"): "Mbpp/164: EvalPlus accepts any returned value on every input",
+    ("mbpp+", "sum_div"): "Mbpp/295: EvalPlus accepts 0 on every input, so `return 0` passes",
 }
 
 
@@ -77,14 +87,22 @@ def split_of(task_id: str) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") % 3 == 0 else "train"
 
 
+def rewards_a_constant(problem: CodeProblem) -> str | None:
+    """Why ``problem``'s grading rewards a constant answer (so it must not give RL rewards), or None."""
+    return CONSTANT_REWARD_TASKS.get((problem.source, problem.entry_point))
+
+
 def load_split(dataset: str, split: str) -> tuple[CodeProblem, ...]:
-    """The problems of ``dataset`` in ``split`` (``train``, ``eval`` or ``all``), in the dataset's order."""
+    """The problems of ``dataset`` in ``split`` (``train``, ``eval`` or ``all``), in the dataset's order.
+
+    ``train`` and ``eval`` leave out the problems :func:`rewards_a_constant` names, wherever their hash falls.
+    """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for onelayer/Code-v0: use one of {', '.join(SPLITS)}")
     problems = load_problems(dataset)
     if split == "all":
         return problems
-    chosen = tuple(p for p in problems if split_of(p.task_id) == split)
+    chosen = tuple(p for p in problems if split_of(p.task_id) == split and rewards_a_constant(p) is None)
     if not chosen:
         raise UserError(f"the {split!r} split of {dataset!r} is empty ({len(problems)} problems in all): "
                         "use split='all' for a small file")

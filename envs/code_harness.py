@@ -255,7 +255,11 @@ def _runner_source() -> str:
 
 @functools.lru_cache(maxsize=4096)
 def plan_tests(problem: CodeProblem) -> TestPlan:
-    """Split ``problem``'s tests into units (each statement of ``check`` holding an assert)."""
+    """Split ``problem``'s tests into units: each statement of ``check`` holding an assert on the candidate.
+
+    Statements whose asserts cannot depend on the candidate (see :func:`tests_the_candidate`)
+    run as setup, so ``pass_fraction`` counts only what the candidate can get right or wrong.
+    """
     context = prompt_context(problem.prompt, problem.entry_point)
     if problem.inputs is not None:
         if problem.reference_code is None:
@@ -271,13 +275,92 @@ def plan_tests(problem: CodeProblem) -> TestPlan:
         body = check.body
     else:
         prelude_nodes, body = [], module.body
-    steps = tuple((ast.unparse(n), any(isinstance(x, ast.Assert) for x in ast.walk(n))) for n in body)
+    names = _solution_names(module, context, problem.entry_point)
+    params = {a.arg for a in check.args.args} if check is not None else set()
+    tainted = candidate_dependent_names(module, {"candidate", *names, *params})
+    # A statement whose asserts cannot depend on the candidate (HumanEval's `assert True, "..."` lines) still
+    # runs, as setup, but is no unit: a stub would otherwise earn pass_fraction for it.
+    steps = tuple((ast.unparse(n), tests_the_candidate(n, tainted)) for n in body)
     unit_texts = tuple(src for src, is_test in steps if is_test)
     if not unit_texts:
-        raise UserError(f"{problem.task_id}: its test code has no assert statements to check the solution with")
+        raise UserError(f"{problem.task_id}: no assert of its tests depends on the solution (assert True and "
+                        f"asserts on constants do not count): add one such as assert {problem.entry_point}(...) == ...")
     prelude = "\n".join(ast.unparse(n) for n in prelude_nodes)
-    names = _solution_names(module, context, problem.entry_point)
     return TestPlan("asserts", context, prelude, steps, unit_texts, names)
+
+
+def tests_the_candidate(stmt: ast.stmt, tainted: set[str]) -> bool:
+    """Whether ``stmt`` (one statement of the tests) holds an assert whose verdict can depend on the candidate.
+
+    ``tainted``: the names that may hold the candidate or anything it returned
+    (:func:`candidate_dependent_names`). A plain ``assert`` counts when its test reads
+    one of them; ``assert True`` or an assert on constants or on the tests' own values
+    never does. An assert nested in a statement that calls the candidate also counts
+    when its outcome is not constant-true, since control flow can carry the verdict:
+    ``try: candidate(-1) except ValueError: pass else: assert False``.
+    """
+    asserts = [n for n in ast.walk(stmt) if isinstance(n, ast.Assert)]
+    if any(_reads(a.test, tainted) for a in asserts):
+        return True
+    if isinstance(stmt, ast.Assert) or not _reads(stmt, tainted):
+        return False
+    return any(not (isinstance(a.test, ast.Constant) and a.test.value) for a in asserts)
+
+
+def candidate_dependent_names(tests: ast.Module, sources: set[str]) -> set[str]:
+    """``sources`` and every name of ``tests`` that may be bound to something computed from one of them.
+
+    A may-analysis over the whole module, blind to scopes and order (so it errs towards
+    "dependent"): a name becomes dependent when it is bound (assignment, loop or
+    ``with`` target, walrus, comprehension, ``except ... as``, a ``def`` or ``class``)
+    from code that reads a dependent name, or passed bare to a call of one (which may
+    mutate it), or the object whose method gets such code as an argument (``out.append(...)``).
+    Iterated to a fixed point.
+    """
+    # Modules are not containers: math.fabs(candidate(x)) does not make `math` the candidate's output.
+    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tests) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    bindings = []  # (names bound, the nodes they are computed from)
+    for node in ast.walk(tests):
+        if isinstance(node, ast.Assign):
+            bindings.append((_target_names(*node.targets), [node.value]))
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+            bindings.append((_target_names(node.target), [node.value]))
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            bindings.append((_target_names(node.target), [node.iter]))
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            bindings.append((_target_names(node.optional_vars), [node.context_expr]))
+        elif isinstance(node, ast.NamedExpr):
+            bindings.append((_target_names(node.target), [node.value]))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bindings.append(({node.name}, [node]))
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            caught = {h.name for h in node.handlers if h.name}
+            if caught:
+                bindings.append((caught, node.body))
+        elif isinstance(node, ast.Call):
+            bindings.append(({a.id for a in node.args if isinstance(a, ast.Name)}, [node.func]))
+            if isinstance(node.func, ast.Attribute):  # results.append(candidate(x)): results holds its output
+                bindings.append((_target_names(node.func.value) - imported,
+                                 [*node.args, *(k.value for k in node.keywords)]))
+    tainted = set(sources)
+    changed = True
+    while changed:
+        changed = False
+        for bound, sources_of in bindings:
+            if not bound <= tainted and any(_reads(n, tainted) for n in sources_of):
+                tainted |= bound
+                changed = True
+    return tainted
+
+
+def _target_names(*targets: ast.AST) -> set[str]:
+    # Every name in a target, the base of ``x[i] = ...`` or ``x.a = ...`` included.
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _reads(node: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
 
 
 def _solution_names(tests: ast.Module, context: str, entry_point: str) -> tuple[str, ...]:

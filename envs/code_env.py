@@ -29,6 +29,7 @@ from onelayer.envs import number_option
 from onelayer.envs.code_data import NAMED_DATASETS, SPLITS, CodeProblem, load_split
 from onelayer.envs.code_extract import extract_code
 from onelayer.envs.code_harness import TestOutcome, clean_text, prompt_context, run_tests
+from onelayer.envs.sandbox import resolve_isolation
 from onelayer.envs.tasks import task_index
 from onelayer.errors import UserError
 
@@ -56,7 +57,11 @@ class CodeEnv(gym.Env):
         timeout_s: wall-clock limit of one test run (default 5 s; 15 s for EvalPlus data,
             whose many inputs run through the reference solution too).
         memory_mb: address-space limit of the tested program.
-        isolation: sandbox level to force (``namespaces``, ``userns``, ``process``); default: the best available.
+        isolation: sandbox level (``namespaces``, ``userns`` or ``process``). Default: the strongest
+            namespaced level that works here (or ``ONELAYER_SANDBOX_ISOLATION``); when none works the
+            env refuses to be built (UserError), so no untrusted code ever runs unisolated. ``process``
+            opts in to weak isolation (no filesystem or network isolation; a warning on every run);
+            see docs/sandbox.md.
         max_length: longest observation/action text the spaces admit.
     """
 
@@ -81,9 +86,11 @@ class CodeEnv(gym.Env):
             raise UserError(f"max_attempts must be at least 1, got {max_attempts}")
         if timeout_s is not None and timeout_s <= 0:
             raise UserError(f"timeout_s must be positive, got {timeout_s}")
+        # Fail closed here, at construction: `onelayer train`/`eval` stop before any model loads or step runs.
+        self.isolation = resolve_isolation(isolation)
         self.dataset, self.split, self.mode, self.reward_kind = dataset, split, mode, reward
         self.max_attempts = 1 if mode == "single" else int(max_attempts)
-        self.memory_mb, self.isolation = int(memory_mb), isolation
+        self.memory_mb = int(memory_mb)
         self._problems = load_split(dataset, split)
         self.timeout_s = float(timeout_s) if timeout_s is not None else (
             15.0 if self._problems[0].inputs is not None else 5.0)

@@ -2,25 +2,30 @@
 
 ``run_in_sandbox(code, timeout_s, memory_mb)`` writes ``code`` to ``main.py`` in a
 private working directory, runs it with the current Python interpreter and returns
-a :class:`SandboxResult`. The strongest isolation the machine allows is picked once
-per process (see :func:`isolation_level`) and logged:
+a :class:`SandboxResult`. docs/sandbox.md says exactly what each level isolates.
 
 ``namespaces`` (root with CAP_SYS_ADMIN, e.g. a CI container or a server)
     New PID, mount, network, IPC and UTS namespaces via util-linux ``unshare``.
     The program sees a read-only root holding only the system libraries and the
-    Python installation, a private ``/tmp`` and its working directory ``/sandbox``
-    (size-limited tmpfs, gone when the run ends); no network interface is up; it
-    runs as an unprivileged uid of its own with an empty capability bounding set
-    and ``no_new_privs``. When the program ends or is killed, the kernel kills
-    every process left in its PID namespace (double-forked, ``setsid`` daemons too).
+    Python installation (wherever it lives, a venv under ``/tmp`` included), a
+    private ``/tmp`` and its working directory ``/sandbox`` (size-limited tmpfs,
+    gone when the run ends); no network interface is up; it runs as an unprivileged
+    uid of its own with an empty capability bounding set and ``no_new_privs``. When
+    the program ends or is killed, the kernel kills every process left in its PID
+    namespace (double-forked, ``setsid`` daemons too).
 ``userns``
     The same through an unprivileged user namespace (no root needed), except that
     the program keeps the caller's uid (without capabilities).
 ``process``
-    Fallback when namespaces are not permitted: a new session with resource limits
-    in a temporary directory; the process group is killed at the end and processes
-    that left it are found by an environment tag and killed. There is NO filesystem
-    or network isolation in this mode: a warning is logged.
+    Weak isolation, used only when asked for by name (``isolation="process"`` or
+    ``ONELAYER_SANDBOX_ISOLATION=process``): a new session with resource limits in a
+    temporary directory; the process group is killed at the end and processes that
+    left it are found by an environment tag and killed. There is NO filesystem,
+    network or uid isolation: every such run logs a warning.
+
+Fail closed: by default (:func:`isolation_level`) the strongest namespaced level
+that works here is used; when none works, a :class:`UserError` says why and how to
+fix it. The sandbox never falls back to ``process`` on its own.
 
 In every mode: a wall-clock limit, a CPU-time limit (``RLIMIT_CPU``), an address
 space limit (``RLIMIT_AS``), a process limit (``RLIMIT_NPROC``, against fork
@@ -45,8 +50,10 @@ import secrets
 import select
 import shutil
 import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -58,6 +65,8 @@ from onelayer.errors import UserError
 log = logging.getLogger(__name__)
 
 LEVELS = ("namespaces", "userns", "process")
+NAMESPACED = ("namespaces", "userns")
+ISOLATION_VAR = "ONELAYER_SANDBOX_ISOLATION"
 _INIT = str(pathlib.Path(__file__).with_name("sandbox_init.py"))
 _TAG_VAR = "ONELAYER_SANDBOX_TAG"
 RESULT_FD_VAR = "ONELAYER_RESULT_FD"
@@ -67,6 +76,13 @@ _BACKSTOP_S = 3.0
 UID_BASE, UID_SPAN = 1_700_000_000, 1 << 20
 _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
                  "/etc/ld.so.cache", "/etc/localtime")
+# Binding one of these (or anything under the last three) would expose the host's /tmp or clash with
+# the sandbox's own mounts.
+_UNBINDABLE, _UNBINDABLE_UNDER = ("/", "/tmp"), ("/sandbox", "/proc", "/dev")
+_FIX = ("install util-linux and run as root with CAP_SYS_ADMIN, or allow unprivileged user namespaces "
+        "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0); "
+        "or accept running untrusted code WITHOUT filesystem/network isolation with "
+        f"{ISOLATION_VAR}=process or the Code-v0 option isolation=process (see docs/sandbox.md)")
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,9 @@ def run_in_sandbox(
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` with the current Python interpreter, isolated; never raises for bad code.
 
+    Raises UserError when the sandbox cannot isolate it (no namespaced level works and
+    ``process`` was not asked for) or for bad arguments.
+
     Args:
         code: Python source of the program.
         timeout_s: wall-clock limit; the CPU-time limit is ``ceil(timeout_s)`` seconds.
@@ -124,7 +143,8 @@ def run_in_sandbox(
         max_file_mb: largest file it may write (``RLIMIT_FSIZE``).
         disk_mb: size of its working directory and of its ``/tmp`` (namespaced modes).
         max_output_bytes: how much of stdout and of stderr is kept.
-        isolation: force ``namespaces``, ``userns`` or ``process`` (default: the best available).
+        isolation: ``namespaces``, ``userns`` or ``process`` (weak: see the module doc; warned about on
+            every run). Default: :func:`isolation_level`, which raises UserError when no namespaced level works.
         tmp_dir: where the run's temporary directory goes (default: the system's).
         result_pipe: give the program a result pipe (``$ONELAYER_RESULT_FD``); see ``SandboxResult.result``.
     """
@@ -134,6 +154,8 @@ def run_in_sandbox(
     if timeout_s <= 0 or memory_mb <= 0 or max_processes < 1:
         raise UserError(f"sandbox limits must be positive (timeout_s={timeout_s}, memory_mb={memory_mb}, "
                         f"max_processes={max_processes})")
+    if level == "process":
+        log.warning(weak_isolation_warning())
     with tempfile.TemporaryDirectory(prefix="onelayer-sandbox-", dir=tmp_dir, ignore_cleanup_errors=True) as run_dir:
         return _run(code, timeout_s, memory_mb, dict(files or {}), dict(env or {}), max_processes,
                     max_file_mb, disk_mb, max_output_bytes, level, pathlib.Path(run_dir), result_pipe)
@@ -151,7 +173,7 @@ def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, dis
         inbox.chmod(0o700)
     params = {
         "mode": level, "root": str(run_dir / "root"), "inbox": str(inbox),
-        "binds": _bind_paths(), "uid": uid, "gid": uid,
+        "binds": _bind_paths() if namespaced else [], "uid": uid, "gid": uid,
         "limits": {"cpu_s": max(1, math.ceil(timeout_s)), "as_bytes": memory_mb << 20,
                    "nproc": _nproc_limit(level, max_processes), "fsize_bytes": max_file_mb << 20,
                    "nofile": 256, "core": 0},
@@ -174,7 +196,7 @@ def _run(code, timeout_s, memory_mb, files, env, max_processes, max_file_mb, dis
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
         params["status_fd"] = status_w
-        cmd = [_unshare(), "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
+        cmd = [_unshare(level), "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
         if level == "userns":
             cmd += ["--user", "--map-root-user"]
         cmd += ["--", sys.executable, "-I", "-S", _INIT, json.dumps(params)]
@@ -240,36 +262,81 @@ def _classify(timed_out: bool, report: str, returncode: int, namespaced: bool) -
 
 
 def isolation_level() -> str:
-    """The strongest isolation that works here (probed once per process, then logged).
+    """The isolation :func:`run_in_sandbox` uses by default; UserError when no real isolation works.
 
-    ``ONELAYER_SANDBOX_ISOLATION`` forces a level (e.g. ``process`` where namespaces
-    are known not to work).
+    ``ONELAYER_SANDBOX_ISOLATION`` picks a level (``process`` opts in to weak isolation);
+    otherwise the strongest namespaced level that works here. Never ``process`` unasked.
     """
-    return _probe_isolation(os.environ.get("ONELAYER_SANDBOX_ISOLATION") or None)
+    return resolve_isolation(None)
 
 
-@functools.cache
-def _probe_isolation(forced: str | None) -> str:
-    if forced is not None:
-        if forced not in LEVELS:
-            raise UserError(f"ONELAYER_SANDBOX_ISOLATION={forced!r}: use one of {', '.join(LEVELS)}")
-        log.warning("sandbox isolation forced to %r by ONELAYER_SANDBOX_ISOLATION", forced)
-        return forced
-    candidates = (["namespaces"] if os.geteuid() == 0 else []) + ["userns"]
+def resolve_isolation(isolation: str | None) -> str:
+    """The level to run untrusted code at, checked to work here (fail closed).
+
+    ``isolation`` (e.g. an env option) wins over ``ONELAYER_SANDBOX_ISOLATION``; with
+    neither, the strongest of ``namespaces``/``userns`` that works. A namespaced level
+    is probed once per process (and ``unshare`` location); ``process`` is accepted only
+    by name, with a warning. Raises UserError naming the cause and the fix otherwise.
+    """
+    source = "isolation"
+    if isolation is None:
+        isolation, source = os.environ.get(ISOLATION_VAR) or None, ISOLATION_VAR
+    if isolation is None:
+        return _best_level()
+    if isolation not in LEVELS:
+        raise UserError(f"{source}={isolation!r}: use one of {', '.join(LEVELS)}")
+    if isolation == "process":
+        log.warning("%s=process: %s", source, weak_isolation_warning())
+        return isolation
+    problem = _probe(isolation, shutil.which("unshare"), os.geteuid())
+    if problem:
+        raise UserError(f"sandbox isolation {isolation!r} (asked for by {source}) does not work here: {problem}; "
+                        f"fix: {_FIX}")
+    return isolation
+
+
+def weak_isolation_warning() -> str:
+    """The warning every ``process``-isolated run logs: what the untrusted code can do."""
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return (f"UNSAFE sandbox isolation 'process' (opted in): untrusted code runs as {who} with NO filesystem, "
+            "network or uid isolation; it can read, change and delete this user's files and reach the network "
+            "(docs/sandbox.md)")
+
+
+def _best_level() -> str:
+    unshare, euid = shutil.which("unshare"), os.geteuid()
     reasons = []
-    for level in candidates:
-        if shutil.which("unshare") is None:
-            reasons.append("util-linux `unshare` is not installed")
-            break
-        r = run_in_sandbox("print('sandbox-ok')", timeout_s=10.0, isolation=level)
-        if r.status == "ok" and r.stdout.strip() == "sandbox-ok":
-            log.info("sandbox isolation: %s (PID/mount/net namespaces%s)", level,
-                     ", unprivileged uid" if level == "namespaces" else ", user namespace")
+    for level in NAMESPACED:
+        problem = _probe(level, unshare, euid)
+        if not problem:
             return level
-        reasons.append(f"{level}: {r.status}: {r.stderr.strip()[-300:]}")
-    log.warning("sandbox isolation: process only (rlimits + process-group kill; NO filesystem or network "
-                "isolation) because namespaces are unavailable: %s", "; ".join(reasons))
-    return "process"
+        reasons.append(f"{level}: {problem}")
+    raise UserError(f"no sandbox isolation works here, so untrusted code will not run ({'; '.join(reasons)}); "
+                    f"fix: {_FIX}")
+
+
+_WORKS: set[tuple[str, str, int]] = set()
+
+
+def _probe(level: str, unshare: str | None, euid: int) -> str:
+    """'' when ``level`` runs a program here, else why not (one line).
+
+    A success is remembered per (level, unshare path, euid); a failure is probed again next
+    time, so a probe that lost a race on a busy machine does not refuse for good.
+    """
+    if unshare is None:
+        return "util-linux `unshare` is not on PATH"
+    if level == "namespaces" and euid != 0:
+        return "needs root (with CAP_SYS_ADMIN)"
+    if (level, unshare, euid) in _WORKS:
+        return ""
+    r = run_in_sandbox("print('sandbox-ok')", timeout_s=10.0, isolation=level)
+    if r.status == "ok" and r.stdout.strip() == "sandbox-ok":
+        _WORKS.add((level, unshare, euid))
+        log.info("sandbox isolation: %s (PID/mount/net namespaces%s)", level,
+                 ", unprivileged uid" if level == "namespaces" else ", user namespace")
+        return ""
+    return f"{r.status}: {' '.join(r.stderr.split())[-300:]}"
 
 
 def _write_files(inbox: pathlib.Path, files: Mapping[str, str | bytes]) -> None:
@@ -284,22 +351,36 @@ def _write_files(inbox: pathlib.Path, files: Mapping[str, str | bytes]) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _bind_paths() -> list[str]:
-    """Host paths visible (read-only) in the sandbox: system libraries and this Python installation."""
-    paths = list(_SYSTEM_PATHS)
-    exe_dir = os.path.dirname(os.path.realpath(sys.executable))
-    for p in (sys.base_prefix, sys.prefix, exe_dir):
-        p = os.path.realpath(p)
-        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in paths):
-            paths.append(p)
-    return paths
+    """Host paths visible (read-only) in the sandbox: system libraries and this Python installation.
+
+    The installation is found wherever it lives (sandbox_init binds paths under ``/tmp``
+    on top of the private ``/tmp``): the prefixes, the interpreter and its real path, the
+    standard library and the site-packages in use, each as given and resolved. Parents
+    come before children; a path inside one already listed is left out.
+    """
+    wanted = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, sys.executable,
+              os.path.dirname(sys.executable), getattr(sys, "_base_executable", sys.executable)]
+    wanted += [p for p in site.getsitepackages() if os.path.exists(p)]
+    paths = sysconfig.get_paths()
+    wanted += [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if os.path.exists(paths[k])]
+    candidates = {os.path.abspath(p) for p in wanted if p} | {os.path.realpath(p) for p in wanted if p}
+    for p in candidates:
+        if p in _UNBINDABLE or any(p == q or p.startswith(q + "/") for q in _UNBINDABLE_UNDER):
+            raise UserError(f"the Python installation path {p} cannot be shown inside the sandbox (it would expose "
+                            "or clash with the sandbox's own /, /tmp, /dev, /proc or /sandbox): install Python "
+                            "or the venv in a directory of its own")
+    chosen = list(_SYSTEM_PATHS)
+    for p in sorted(candidates, key=lambda p: (p.count("/"), p)):
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in chosen):
+            chosen.append(p)
+    return chosen
 
 
-@functools.lru_cache(maxsize=1)
-def _unshare() -> str:
+def _unshare(level: str) -> str:
     path = shutil.which("unshare")
     if path is None:
-        raise UserError("sandbox isolation needs util-linux `unshare` (apt-get install util-linux), "
-                        "or set ONELAYER_SANDBOX_ISOLATION=process to run without namespaces")
+        raise UserError(f"sandbox isolation {level!r} needs util-linux `unshare` on PATH (apt-get install "
+                        f"util-linux); or opt in to weak isolation with {ISOLATION_VAR}=process (docs/sandbox.md)")
     return path
 
 

@@ -9,12 +9,13 @@ Modes (``PARAMS["mode"]``):
 - ``namespaces`` / ``userns``: we run as PID 1 of fresh PID, mount, network, IPC
   and UTS namespaces (``unshare``; ``userns`` adds a user namespace for callers
   without root). We mount a minimal read-only root (system libraries and the Python
-  installation, nothing else), a small private ``/tmp`` and ``/sandbox`` (tmpfs),
+  installation, nothing else), a small private ``/tmp`` (with the installation's
+  paths under ``/tmp``, if any, bound read-only on top) and ``/sandbox`` (tmpfs),
   ``pivot_root`` into it, fork the program with resource limits under an
   unprivileged uid and an empty capability bounding set, wait for it, report how it
   ended on the status pipe and exit. When PID 1 exits the kernel kills every process
   left in the namespace, daemons included.
-- ``process``: no namespaces were available; set the resource limits and exec the
+- ``process``: weak isolation the caller opted in to; set the resource limits and exec the
   program in place (the caller kills its process group and sweeps for strays).
 
 Status lines written to ``PARAMS["status_fd"]``: ``exit N``, ``signal N``,
@@ -93,7 +94,11 @@ def _build_root(p: dict) -> None:
     root = p["root"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    for path in p["binds"]:
+    # The private /tmp comes before the binds: a Python installation under the host's /tmp (a venv
+    # in /tmp/venv) is then bound on top of it, read-only, and the rest of the host's /tmp stays out.
+    os.makedirs(root + "/tmp", exist_ok=True)
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={p['tmp_bytes']},mode=1777")
+    for path in p["binds"]:  # parents before children
         if os.path.lexists(path):
             _place(path, root)
     os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
@@ -107,8 +112,6 @@ def _build_root(p: dict) -> None:
         pass
     uid, gid = p.get("uid"), p.get("gid")
     owner = f",uid={uid},gid={gid}" if uid is not None else ""
-    os.makedirs(root + "/tmp", exist_ok=True)
-    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={p['tmp_bytes']},mode=1777")
     os.makedirs(root + "/sandbox", exist_ok=True)
     _mount("tmpfs", root + "/sandbox", "tmpfs", MS_NOSUID | MS_NODEV, f"size={p['disk_bytes']},mode=0700{owner}")
     for name in os.listdir(p["inbox"]):

@@ -2,23 +2,34 @@
 
 Every test runs real hostile programs. On a machine where we are root with
 CAP_SYS_ADMIN and util-linux ``unshare`` (CI, this dev box) the strong guarantees
-(``namespaces`` isolation) are asserted, not skipped.
+(``namespaces`` isolation) are asserted, not skipped. Where no namespaces work the
+sandbox refuses to run anything unless weak ``process`` isolation is asked for by
+name (the last tests hide ``unshare`` to show it). tests/reliability/test_hostile_code.py
+runs a hostile battery from venvs in several places, /tmp included.
 """
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
 import pathlib
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import gymnasium as gym
 import pytest
 
-from onelayer.envs.sandbox import UID_BASE, isolation_level, run_in_sandbox
+import onelayer  # noqa: F401  (registers env ids)
+from onelayer.envs import sandbox
+from onelayer.envs.code_data import load_problems
+from onelayer.envs.sandbox import ISOLATION_VAR, UID_BASE, isolation_level, run_in_sandbox
 from onelayer.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -359,7 +370,7 @@ def test_concurrent_runs_do_not_interfere_even_with_a_fork_bomb_among_them():
     assert not _sandbox_uid_processes()
 
 
-def test_process_mode_fallback_still_enforces_time_and_kills_strays():
+def test_process_mode_still_enforces_time_and_kills_strays():
     slow = run("while True: pass", timeout_s=1.0, isolation="process")
     assert slow.status == "timeout" and slow.isolation == "process"
     r = run("""
@@ -394,3 +405,105 @@ def test_bad_arguments_are_user_errors():
         run_in_sandbox("pass", timeout_s=0)
     with pytest.raises(UserError, match="relative path"):
         run_in_sandbox("pass", files={"../escape.txt": "x"})
+
+
+@strong
+def test_its_tmp_is_private_and_writable_and_shows_only_the_interpreter():
+    r = run("""
+        import os
+        open('/tmp/mine.txt', 'w').write('x')
+        print(sorted(os.listdir('/tmp')))
+    """)
+    assert r.status == "ok", r.stderr
+    # Only what the sandbox binds from the host's /tmp (a venv there) may show besides our own file.
+    bound = {p.split("/")[2] for p in sandbox._bind_paths() if p.startswith("/tmp/")}
+    assert set(ast.literal_eval(r.stdout)) == {"mine.txt"} | bound
+
+
+# ---- fail closed: no namespaces, no untrusted code (unless weak isolation is asked for by name) ----
+
+def _hide_namespaces(monkeypatch, tmp_path, how: str) -> str:
+    """Make namespaces unavailable to the sandbox; returns the cause its refusal must name."""
+    monkeypatch.delenv(ISOLATION_VAR, raising=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if how == "no unshare":
+        monkeypatch.setenv("PATH", str(bin_dir))
+        return "`unshare` is not on PATH"
+    # An `unshare` that fails the way it does in a container that forbids namespaces.
+    fake = bin_dir / "unshare"
+    fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return "Operation not permitted"
+
+
+@pytest.mark.parametrize("how", ["no unshare", "namespaces forbidden"])
+def test_without_namespaces_untrusted_code_is_refused_in_one_line_naming_the_fix(monkeypatch, tmp_path, how):
+    cause = _hide_namespaces(monkeypatch, tmp_path, how)
+    canary = tmp_path / "canary.txt"
+    canary.write_text("intact")
+    for attempt in (isolation_level, lambda: run_in_sandbox(f"import os; os.remove({str(canary)!r})"),
+                    lambda: gym.make("onelayer/Code-v0")):
+        with pytest.raises(UserError) as refusal:
+            attempt()
+        message = str(refusal.value)
+        assert "\n" not in message and "untrusted code will not run" in message and cause in message
+        assert f"{ISOLATION_VAR}=process" in message and "isolation=process" in message
+    assert canary.read_text() == "intact"
+
+
+def test_a_namespaced_level_asked_for_by_name_that_does_not_work_is_refused(monkeypatch, tmp_path):
+    _hide_namespaces(monkeypatch, tmp_path, "namespaces forbidden")
+    with pytest.raises(UserError, match="'userns' .* does not work here: .*Operation not permitted"):
+        gym.make("onelayer/Code-v0", isolation="userns")
+    monkeypatch.setenv(ISOLATION_VAR, "namespaces")
+    with pytest.raises(UserError, match=f"'namespaces' \\(asked for by {ISOLATION_VAR}\\) does not work here"):
+        gym.make("onelayer/Code-v0")
+
+
+@pytest.mark.parametrize("opt_in", ["env option", "environment variable"])
+def test_weak_isolation_runs_only_when_asked_for_and_warns_on_every_run(monkeypatch, tmp_path, caplog, opt_in):
+    _hide_namespaces(monkeypatch, tmp_path, "namespaces forbidden")
+    if opt_in == "env option":
+        env = gym.make("onelayer/Code-v0", split="all", isolation="process")
+    else:
+        monkeypatch.setenv(ISOLATION_VAR, "process")
+        env = gym.make("onelayer/Code-v0", split="all")
+    assert env.unwrapped.isolation == "process"
+    problem = next(p for p in load_problems("humaneval") if p.task_id == "HumanEval/0")
+    caplog.set_level(logging.WARNING, logger="onelayer.envs.sandbox")
+    caplog.clear()
+    for _ in range(2):
+        env.reset(options={"task_id": "HumanEval/0"})
+        _, reward, *_ = env.step(f"```python\n{problem.prompt + problem.canonical_solution}\n```")
+        assert reward == 1.0
+    unsafe = [r for r in caplog.records if r.levelno == logging.WARNING and "UNSAFE" in r.getMessage()]
+    assert len(unsafe) == 2  # one per run, not once per process
+    assert "NO filesystem, network or uid isolation" in unsafe[0].getMessage()
+
+
+def _cli(*args, path: str):
+    env = dict(os.environ, PATH=path)
+    env.pop(ISOLATION_VAR, None)
+    return subprocess.run([sys.executable, "-m", "onelayer.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_the_cli_refuses_code_v0_without_isolation_and_runs_it_when_weak_isolation_is_asked_for(
+        monkeypatch, tmp_path, tiny_model_dirs):
+    _hide_namespaces(monkeypatch, tmp_path, "namespaces forbidden")
+    path, model = os.environ["PATH"], tiny_model_dirs["qwen3"]
+    for args in (["train", "--model", model, "--env", "onelayer/Code-v0", "--steps", "1", "--out", tmp_path / "run",
+                  "--quiet"],
+                 ["eval", "--model", model, "--env", "onelayer/Code-v0", "--num-items", "1", "--max-new-tokens", "4"]):
+        r = _cli(*args, path=path)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "untrusted code will not run" in errors[0]
+    assert not (tmp_path / "run").exists()  # stopped before any training work
+    r = _cli("eval", "--model", model, "--env", "onelayer/Code-v0", "--env-kwargs", "isolation=process",
+             "--num-items", "1", "--max-new-tokens", "4", "--out", tmp_path / "eval.json", path=path)
+    assert r.returncode == 0, r.stderr
+    assert "UNSAFE sandbox isolation 'process'" in r.stderr and (tmp_path / "eval.json").is_file()

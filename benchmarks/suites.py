@@ -89,7 +89,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("gsm8k", "onelayer/Math-v0", {"source": "gsm8k"}, max_new_tokens=512,
           description="GSM8K test split (1319 problems), greedy"),
     Suite("math500", "onelayer/Math-v0", {"source": "math500"}, max_new_tokens=1024,
-          description="MATH-500, greedy"),
+          description="MATH-500's eval part (about a third of its 500 problems, by question hash; the rest is its "
+                      "train split, so no item scored here is ever trained on), greedy"),
     Suite("humaneval", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256,
           description="HumanEval eval split (a third of the 164 problems by task-id hash), pass@1 greedy"),
     Suite("humaneval-pass@k", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256, temperature=0.8,

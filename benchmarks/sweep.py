@@ -602,10 +602,12 @@ PRESETS: dict[str, dict] = {
         lr=5e-6, suites={"math": ["math500", "gsm8k"]},
         train={"math": {"env_kwargs": {"source": "gsm8k"}, "max_new_tokens": 1024, "num_tasks": 32,
                         "num_generations": 8, "micro_batch_size": 8}}, gpus_per_job=1.0, executor="ray"),
+    # Dr. GRPO's setting: train on MATH's train split, score on MATH-500 (a subset of MATH's test split, which the
+    # train split excludes, so no scored problem is trained on).
     "gpu-qwen2.5-math-1.5b-drgrpo": dict(
         model="Qwen/Qwen2.5-Math-1.5B", domains=["math"], algos=["drgrpo"], layers="all", seeds=[0, 1, 2],
         steps=200, lr=5e-6, suites={"math": ["math500"]},
-        train={"math": {"env_kwargs": {"source": "math500"}, "max_new_tokens": 1024, "num_tasks": 32,
+        train={"math": {"env_kwargs": {"source": "math"}, "max_new_tokens": 1024, "num_tasks": 32,
                         "num_generations": 8, "micro_batch_size": 8}}, gpus_per_job=1.0, executor="ray"),
     "gpu-qwen2.5-1.5b-alfworld-gigpo": dict(
         model="Qwen/Qwen2.5-1.5B-Instruct", domains=["agentic"], algos=["gigpo"], layers="all", seeds=[0],

@@ -15,6 +15,7 @@ from gymnasium import spaces
 from onelayer.envs import number_option
 from onelayer.envs.grading import grade
 from onelayer.envs.math_problems import (
+    HUB_SOURCES,
     LEVELS,
     MathProblem,
     dataset_pool,
@@ -32,18 +33,23 @@ class MathEnv(gym.Env):
     """A single-turn math environment.
 
     Args:
-        source: ``procedural`` (offline generator), ``gsm8k``, ``math500``, or a local
+        source: ``procedural`` (offline generator), ``gsm8k``, ``math`` (MATH), ``math500``, or a local
             ``.jsonl``/``.json``/``.parquet`` path with ``question``/``answer`` fields.
         level: difficulty of the procedural generator (1-5, see ``LEVELS``).
-        split: ``train`` or ``eval``; they never share a problem.
+        split: ``train`` or ``eval``; the two splits of one source never share a problem.
+        eval_source: the source the ``eval`` split reads instead of ``source`` (default: ``source``), e.g. the
+            test file that goes with a train file (a train file is never read for evaluation).
         max_length: longest observation/action text the spaces admit.
     """
 
     metadata = {"render_modes": [], "onelayer_domain": "math"}
 
-    def __init__(self, source: str = "procedural", level: int = 1, split: str = "train", max_length: int = 8192):
+    def __init__(self, source: str = "procedural", level: int = 1, split: str = "train",
+                 eval_source: str | None = None, max_length: int = 8192):
         if split not in ("train", "eval"):
             raise UserError(f"unknown split {split!r} for onelayer/Math-v0: use 'train' or 'eval'")
+        if split == "eval" and eval_source:
+            source = eval_source
         self.source, self.level, self.split = source, number_option("onelayer/Math-v0", "level", level), split
         self._path = None
         if source == "procedural":
@@ -51,7 +57,7 @@ class MathEnv(gym.Env):
                 raise UserError(f"unknown math level {level}: choose one of {', '.join(map(str, LEVELS))}")
             self._pool = procedural_eval_pool(self.level) if split == "eval" else None
         else:
-            if source not in ("gsm8k", "math500"):
+            if source not in HUB_SOURCES:
                 self._path = source
             self._pool = dataset_pool(source, split, self._path)
         charset = set(BASE_CHARSET)

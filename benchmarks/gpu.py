@@ -1,6 +1,6 @@
 """GPU benchmark: vLLM rollout speed, one-layer vs full weight sync, and training-step memory/time by selection.
 
-    python -m onelayer.benchmarks.gpu [--model smollm2-135m] [--layer 15] [--out benchmarks/gpu.json]
+    python -m onelayer.benchmarks.gpu [--model smollm2-135m] [--layer 15] [--out results/gpu.json]
 
 On one CUDA GPU, with the model in bf16:
 
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rollouts", type=int, default=64)
     ap.add_argument("--response-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="benchmarks/gpu.json")
+    ap.add_argument("--out", default="results/gpu.json")
     args = ap.parse_args(argv)
     reason = _missing()
     if reason:

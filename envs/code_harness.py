@@ -16,8 +16,8 @@ the result pipe to us. So the candidate cannot print, forge or patch its way to 
 pass (fake result lines, the runner's reporting function, ``os._exit(0)``,
 monkeypatched builtins, an object whose ``__eq__`` is always true, a subclass of
 int), read the tests or the reference solution, or change the prompt's helpers the
-tests use. In the ``process`` isolation fallback it runs as the caller's user with
-no filesystem isolation, so nothing (the grader included) is safe from it there.
+tests use. In ``process`` isolation (only when opted in, see docs/sandbox.md) it runs as
+the caller's user with no filesystem isolation, so nothing (the grader included) is safe from it there.
 """
 
 from __future__ import annotations

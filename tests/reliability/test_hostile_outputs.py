@@ -1,12 +1,14 @@
-"""Model outputs of any shape reach every env and the action parser without crashing, and are counted."""
+"""Model outputs of any shape reach every env and the action parser without crashing, earn exactly what a wrong
+answer earns, are counted as invalid where they hold no action, and leave the env working."""
 
-import math
+import random
 
 import gymnasium as gym
 import pytest
 
 import onelayer  # noqa: F401
 from onelayer.agents.actions import parse_action
+from onelayer.envs.code_data import load_problems
 
 HOSTILE = [
     "",
@@ -22,20 +24,65 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("env_id", ["onelayer/Math-v0", "onelayer/Code-v0", "onelayer/GuessNumber-v0", "onelayer/ALFWorld-v0"])
-def test_envs_survive_hostile_outputs(env_id):
-    if env_id.endswith("ALFWorld-v0"):
-        pytest.importorskip("alfworld")
-    env = gym.make(env_id, **({"timeout_s": 1.0} if "Code" in env_id else {}))
+# Texts that hold no answer at all: every env must count them as invalid actions, not silently accept them.
+NO_ANSWER = ("", "no action tag and no number", "<action></action>")
+HUMANEVAL = {p.task_id: p for p in load_problems("humaneval")}
+
+
+def _right_answer(env_id: str, info: dict) -> str:
+    """The reply that solves the task ``info`` (a step's info) is about."""
+    if env_id == "onelayer/Math-v0":
+        return f"The answer is \\boxed{{{info['gold']}}}."
+    p = HUMANEVAL[info["task_id"]]
+    return f"```python\n{p.prompt}{p.canonical_solution}\n```"
+
+
+@pytest.mark.parametrize("env_id,kwargs", [("onelayer/Math-v0", {}),
+                                           ("onelayer/Code-v0", {"timeout_s": 1.0, "reward": "fraction"})])
+def test_hostile_answers_score_exactly_zero_and_a_right_answer_still_scores_one(env_id, kwargs):
+    env = gym.make(env_id, **kwargs)
     for i, text in enumerate(HOSTILE):
         env.reset(seed=i)
         obs, reward, terminated, truncated, info = env.step(text)
-        assert isinstance(obs, str) and math.isfinite(reward)
-        assert isinstance(info.get("won", info.get("success")), bool)
-        assert isinstance(info.get("invalid_action", False), bool)
-        assert reward <= 0 or info.get("won")  # nothing hostile wins
-        if text in ("", "no action tag and no number", "<action></action>"):
+        assert isinstance(obs, str) and terminated  # one answer per episode
+        assert reward == 0.0 and info["won"] is False, (text[:40], info["task_id"], reward)  # nothing hostile wins
+        assert isinstance(info["invalid_action"], bool)
+        if text in NO_ANSWER:
             assert info["invalid_action"] is True  # counted, not silently accepted
+        env.reset(seed=i)  # the same env, the same task: it still grades a right answer as right
+        _, reward, _, _, info = env.step(_right_answer(env_id, info))
+        assert reward == 1.0 and info["won"] is True, (info["task_id"], info.get("reason", info.get("error")))
+
+
+def test_hostile_guesses_earn_nothing_and_the_game_goes_on_to_a_win():
+    env = gym.make("onelayer/GuessNumber-v0")
+    for text in HOSTILE:
+        start, _ = env.reset(options={"task_id": 4})  # the secret is 5, a number no hostile text guesses
+        obs, reward, terminated, truncated, info = env.step(text)
+        assert reward == 0.0 and info["won"] is False and not terminated and not truncated, text[:40]
+        # Only "\boxed{\frac{1}{0}}" holds a guess in 1..8 (a wrong one: 1); the rest are invalid and unplayed.
+        valid = text.startswith("\\boxed")
+        assert info["invalid_action"] is not valid, text[:40]
+        assert obs == (start + "\nGuess 1: higher." if valid else start), text[:40]
+        _, reward, terminated, _, info = env.step("5")  # the game goes on, and the secret still wins
+        assert reward == 1.0 and terminated and info["won"] is True
+
+
+def test_hostile_commands_leave_the_alfworld_game_as_it_was_and_the_expert_still_wins():
+    pytest.importorskip("alfworld")
+    random.seed(0)  # ALFWorld's hand-coded expert breaks ties with the global `random`
+    env = gym.make("onelayer/ALFWorld-v0", expert="handcoded")
+    _, start = env.reset(seed=0)
+    for text in HOSTILE:
+        obs, reward, terminated, truncated, info = env.step(text)
+        assert isinstance(obs, str) and not terminated and not truncated
+        assert reward == 0.0 and info["won"] is False and info["invalid_action"] is True, text[:40]
+        assert info["state_anchor"] == start["state_anchor"], text[:40]  # the world did not change
+    rewards = []
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(info["expert_plan"][0])
+        rewards.append(reward)
+    assert terminated and info["won"] is True and rewards[-1] == 10.0 and sum(rewards) == 10.0
 
 
 @pytest.mark.parametrize("text", HOSTILE)
@@ -75,8 +122,11 @@ def test_collector_counts_hostile_outputs_and_ends_oversized_episodes_cleanly(to
                     max_turns=3, max_prompt_tokens=1024, parse_actions=True, invalid_action_penalty=0.1)
     assert all(t.error is None for t in trajs)
     first = [t.steps[0] for t in trajs]
-    assert sum(s.invalid_action for s in first) >= len(HOSTILE) - 1  # counted (one hostile text is a bare number)
-    assert all(s.reward == pytest.approx(s.env_reward - 0.1) for s in first if s.invalid_action)
+    # Counted: none has <action> tags. The env still hears each text and none wins ("\boxed{\frac{1}{0}}" is a
+    # guess of 1, wrong for its seed), so each step's reward is exactly the penalty.
+    assert all(s.invalid_action for s in first)
+    assert all(s.env_reward == 0.0 for s in first)
+    assert [s.reward for s in first] == [-0.1] * len(HOSTILE)
     assert len(tokenizer("a" * 20000, add_special_tokens=False)["input_ids"]) > 1024  # thousands of tokens
     huge = trajs[HOSTILE.index("a" * 20000)]
     assert huge.length >= 1 and huge.truncation_reason in ("context", "max_turns")  # played on or ended, not crashed
@@ -97,13 +147,14 @@ HOSTILE_CODE = {
 
 @pytest.mark.parametrize("body", HOSTILE_CODE.values(), ids=HOSTILE_CODE.keys())
 def test_hostile_code_earns_nothing_and_the_env_goes_on(body):
-    env = gym.make("onelayer/Code-v0", timeout_s=2.0)
+    env = gym.make("onelayer/Code-v0", timeout_s=2.0, reward="fraction")
     _, info = env.reset(seed=0)
     code = f"```python\ndef {info['entry_point']}(*args, **kwargs):\n    {body}\n```"
     _, reward, terminated, _, info = env.step(code)
-    assert reward == 0.0 and not info["passed"] and info["error"]
-    env.reset(seed=1)  # the same env keeps working
-    assert env.step("no code")[1] == 0.0
+    assert reward == 0.0 and info["won"] is False and not info["passed"] and info["error"]
+    _, info = env.reset(seed=1)  # the same env keeps working: a right answer still earns full reward
+    _, reward, _, _, info = env.step(_right_answer("onelayer/Code-v0", info))
+    assert reward == 1.0 and info["won"] is True, info["error"]
 
 
 FORGERIES = {
@@ -121,7 +172,7 @@ FORGERIES = {
 
 @pytest.mark.parametrize("body", FORGERIES.values(), ids=FORGERIES.keys())
 def test_code_that_games_the_grader_earns_nothing(body):
-    env = gym.make("onelayer/Code-v0", timeout_s=5.0)
+    env = gym.make("onelayer/Code-v0", timeout_s=5.0, reward="fraction")
     _, info = env.reset(seed=0)
     _, reward, _, _, info = env.step(f"```python\ndef {info['entry_point']}(*args, **kwargs):\n    {body}\n```")
-    assert reward == 0.0 and not info["passed"] and info["error"]
+    assert reward == 0.0 and info["won"] is False and not info["passed"] and info["error"]

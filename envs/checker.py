@@ -32,6 +32,8 @@ def load_env(target: str, **kwargs) -> gym.Env:
     if target in gym.registry:
         try:
             return gym.make(target, **kwargs)
+        except UserError:  # the env's own one-line refusal (e.g. no sandbox isolation) stands as it is
+            raise
         except (TypeError, ValueError) as e:
             raise UserError(f"bad env options {kwargs} for {target}: {' '.join(str(e).split())}") from None
     if ":" not in target:

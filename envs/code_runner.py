@@ -39,8 +39,9 @@ writes one JSON event per line:
 - ``{"event": "broken", "error": ...}``: the checker could not protect itself (a harness fault)
 - ``{"event": "done"}``: every unit ran with the server still answering
 
-Kinds of tests: ``asserts`` (HumanEval: each statement of ``check(candidate)`` that
-holds an ``assert`` is one unit; other statements are setup run in order) and
+Kinds of tests: ``asserts`` (HumanEval: each statement of ``check(candidate)`` holding
+an ``assert`` that can depend on the candidate is one unit, as ``code_harness.plan_tests``
+decides; other statements, ``assert True`` lines included, are setup run in order) and
 ``io`` (EvalPlus: each input is one unit).
 """
 

@@ -272,6 +272,8 @@ class Trainer:
         kwargs = dict(c.env_kwargs)
         try:
             envs = [gym.make(c.env, **kwargs) for _ in range(c.num_tasks * c.num_generations)]
+        except UserError:  # the env's own one-line refusal (e.g. no sandbox isolation) stands as it is
+            raise
         except (TypeError, ValueError) as e:
             raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
         return envs

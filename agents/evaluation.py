@@ -11,9 +11,6 @@ from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.errors import UserError
 
-METRIC_OF_DOMAIN = {"math": "accuracy", "code": "pass@1", "agentic": "success_rate"}
-
-
 @dataclass
 class ItemOutcome:
     """One evaluation item: what the policy answered and how it scored."""

@@ -51,11 +51,8 @@ AGENTIC_THINK_TEMPLATE = AGENTIC_TEMPLATE.replace(
     "Choose one admissible action and reply",
     "First reason step by step inside <think></think>. Then choose one admissible action and reply")
 
-DEFAULT_TEMPLATES = {
-    "math": "{observation}\nPut the final answer in \\boxed{{}}.",
-    "code": "{observation}",
-    "agentic": AGENTIC_TEMPLATE,
-}
+AGENT_TEMPLATES = {"text": AGENTIC_TEMPLATE, "choice": AGENTIC_CHOICE_TEMPLATE, "score": AGENTIC_SCORE_TEMPLATE}
+"""The default user template of an acting env, by action format (an env's own template replaces it)."""
 
 ACTION_FORMATS = ("text", "choice", "score")
 CHOICE_PREFIX = "<action>"
@@ -88,19 +85,26 @@ class PromptBuilder:
             raise UserError(f"history_length must be >= 0, got {self.history_length}")
 
     @classmethod
-    def for_domain(cls, tokenizer, domain: str, template: str | None = None, system_prompt: str | None = None,
+    def for_domain(cls, tokenizer, domain, template: str | None = None, system_prompt: str | None = None,
                    history_length: int = 2, action_format: str = "text") -> PromptBuilder:
-        """The default builder of a domain (math, code, agentic), optionally with a user template.
+        """The default builder of a domain (a DomainSpec, a domain name or an env id), optionally with a user template.
 
-        ``action_format`` applies to agentic domains; the others always answer in text
-        (a run trained on ALFWorld in the choice format scores math suites as math).
+        The env's own ``prompt_template`` (its DomainSpec) comes first, then the default of
+        its kind: ``{observation}`` for text tasks, the agent template of ``action_format``
+        for acting ones. ``action_format`` applies to acting envs only; the others always
+        answer in text (a run trained on ALFWorld in the choice format scores math suites
+        as math).
         """
-        if domain != "agentic":
-            if action_format not in ACTION_FORMATS:
-                raise UserError(f"unknown action_format {action_format!r}: use one of {', '.join(ACTION_FORMATS)}")
+        from onelayer.envs.domain import DomainSpec, domain_spec
+
+        spec = domain if isinstance(domain, DomainSpec) else domain_spec(domain)
+        if action_format not in ACTION_FORMATS:
+            raise UserError(f"unknown action_format {action_format!r}: use one of {', '.join(ACTION_FORMATS)}")
+        if not spec.actions:
             action_format = "text"
-        default = {"choice": AGENTIC_CHOICE_TEMPLATE, "score": AGENTIC_SCORE_TEMPLATE}.get(
-            action_format, DEFAULT_TEMPLATES.get(domain, "{observation}"))
+        default = spec.prompt_template or (AGENT_TEMPLATES[action_format] if spec.actions else "{observation}")
+        if spec.actions and spec.prompt_template and action_format != "text":
+            default = AGENT_TEMPLATES[action_format]  # the numbered / scored list needs its own wording
         return cls(tokenizer, template or default, system_prompt, history_length, action_format)
 
     @property

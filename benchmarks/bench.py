@@ -60,7 +60,7 @@ def alfworld_with_llm(model, tokenizer, engine_name: str, workers: list[int], nu
     from onelayer.envs.alfworld_vec import ALFWorldVecEnv
 
     engine = TimedEngine(make_bench_engine(engine_name, model, tokenizer, num_tasks * group))
-    builder = PromptBuilder.for_domain(tokenizer, "agentic")
+    builder = PromptBuilder.for_domain(tokenizer, "onelayer/ALFWorld-v0")
     specs = [EpisodeSpec(group=g, sample=k, options={"task_id": g}) for g in range(num_tasks) for k in range(group)]
     params = SamplingParams(max_new_tokens, 1.0, 1.0, 0)
     kwargs = {"data_path": data_path} if data_path else {}

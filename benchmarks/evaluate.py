@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from onelayer.agents.engine import HFEngine
-from onelayer.agents.evaluation import METRIC_OF_DOMAIN, evaluate_policy
+from onelayer.agents.evaluation import evaluate_policy
 from onelayer.agents.models import load_model
 from onelayer.agents.prompts import PromptBuilder
-from onelayer.envs import check_env_id, env_domain
+from onelayer.envs import check_env_id
+from onelayer.envs.domain import domain_spec
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json
 from onelayer.training import checkpoint as ckpt
@@ -93,18 +94,18 @@ def evaluate(
         mdl, tok, _ = load_run_model(run, device, dtype, config)
     else:
         mdl, tok, _ = load_model(model, device, dtype)
-    domain = env_domain(env)
+    spec = domain_spec(env)
     history_length = config.history_length if config else 2
-    prompts = PromptBuilder.for_domain(tok, domain, prompt_template, system_prompt, history_length,
+    prompts = PromptBuilder.for_domain(tok, spec, prompt_template, system_prompt, history_length,
                                        config.action_format if config else "text")
     engine = HFEngine(mdl, tok, max_batch_size=batch_size)
     t = time.time()
     res = evaluate_policy(engine, prompts, env, env_kwargs, num_items=num_items, max_new_tokens=max_new_tokens,
                           temperature=temperature, seed=seed, batch_size=batch_size, max_turns=max_turns,
-                          metric=METRIC_OF_DOMAIN.get(domain, "success_rate"), parse_actions=domain == "agentic")
+                          metric=spec.metric, parse_actions=spec.actions)
     result = res.to_dict()
     result.update({
-        "metric": res.metric, "env": env, "env_kwargs": env_kwargs or {}, "domain": domain,
+        "metric": res.metric, "env": env, "env_kwargs": env_kwargs or {}, "domain": spec.name,
         "model": config.model if config else model, "run": str(run) if run else None,
         "layers": config.layers if config else None,
         "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,

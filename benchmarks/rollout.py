@@ -34,7 +34,7 @@ def bench_prompts(tokenizer, batch: int, group: int = GROUP) -> list[list[int]]:
     import onelayer  # noqa: F401  (registers env ids)
     from onelayer.agents.prompts import PromptBuilder
 
-    builder = PromptBuilder.for_domain(tokenizer, "math")
+    builder = PromptBuilder.for_domain(tokenizer, "onelayer/Math-v0")
     env = gym.make("onelayer/Math-v0")
     g = min(group, batch)
     tasks = [builder.encode(env.reset(seed=1000 + i)[0]) for i in range(-(-batch // g))]

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from onelayer.agents.evaluation import ItemOutcome
+from onelayer.envs.domain import domain_spec
 from onelayer.errors import UserError
 
 
@@ -156,8 +157,9 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
 def vote(outcomes: list[list[ItemOutcome]], domain: str, names: list[str] | None = None) -> VoteResult:
     """Ensemble the members' per-item outcomes (one list per member, the same items in each).
 
-    ``domain`` picks the rule (see the module docstring): math votes on final
-    answers, code pools members for pass@k, agentic reports overlap only.
+    ``domain`` (a domain name or env id) picks the rule by its DomainSpec's ``answer``:
+    ``final_answer`` envs (math) vote on final answers, ``code`` envs pool members for
+    pass@k, the others (agents: no final answer to vote on) report overlap only.
     """
     if len(outcomes) < 2:
         raise UserError(f"a vote needs at least 2 members, got {len(outcomes)}")
@@ -169,24 +171,26 @@ def vote(outcomes: list[list[ItemOutcome]], domain: str, names: list[str] | None
         if [it.index for it in items] != indices:
             raise UserError(f"{name} was evaluated on other items than {names[0]} ({len(items)} vs {len(indices)} "
                             "items): evaluate every member on the same env, options and --num-items")
+    spec = domain_spec(domain)  # how its answers compare: the env's DomainSpec.answer
+    kind, domain = spec.answer, spec.name
     n, n_items = len(outcomes), len(indices)
     solved = [{it.index for it in items if it.success} for items in outcomes]
     matrix = pairwise_jaccard(solved)
     voted: list[VotedItem] = []
     for pos, idx in enumerate(indices):
         row = [items[pos] for items in outcomes]
-        answers = [final_answer(it) for it in row] if domain == "math" else [None] * n
+        answers = [final_answer(it) for it in row] if kind == "final_answer" else [None] * n
         item = VotedItem(idx, row[0].task_id, answers, [m for m in range(n) if row[m].success])
-        if domain == "math":
+        if kind == "final_answer":
             item.winner, item.votes = majority_vote(answers)
             item.success = item.winner is not None and bool(row[item.winner].success)
         voted.append(item)
     counts = [len(v.solved_by) for v in voted]
     pass_k = {f"pass@{k}": sum(_pass_at_k(n, c, k) for c in counts) / max(n_items, 1) for k in range(1, n + 1)}
-    if domain == "math":
+    if kind == "final_answer":
         method, score = "majority", sum(bool(v.success) for v in voted) / max(n_items, 1)
         note = ""
-    elif domain == "code":
+    elif kind == "code":
         method, score = "pass@k", None
         note = (f"code: no majority vote; the {n} members are pooled as {n} samples per problem and pass@k "
                 "is reported")
@@ -246,7 +250,7 @@ def run_vote(members: list[str], *, suite: str | None = None, env: str | None = 
         if (r.get("env"), r.get("env_kwargs") or {}) != (first.get("env"), first.get("env_kwargs") or {}):
             raise UserError(f"{m} was evaluated on {r.get('env')} {r.get('env_kwargs')}, {members[0]} on "
                             f"{first.get('env')} {first.get('env_kwargs')}: vote members must share the env")
-    domain = first.get("domain") or "math"
+    domain = first.get("env") or first.get("domain") or "onelayer/Math-v0"
     ensemble = vote([outcomes_of(r) for r in results], domain, members)
     out_dict = {"vote": ensemble.to_dict(), "env": first.get("env"), "env_kwargs": first.get("env_kwargs") or {},
                 "suite": suite, "domain": domain, "members": members, "self_consistency": None}

@@ -5,7 +5,13 @@ Contract (every onelayer env): ``reset(seed=..., options={"task_id": ...})``
 truncated, info)``. ``info`` carries ``task_id`` (equal for equal seeds: it
 forms GRPO groups), ``anchor`` (a hashable key of the current state),
 ``won``/``success`` and ``invalid_action`` after a step. An env may also expose
-``num_tasks`` (size of a finite split) and ``metadata["onelayer_domain"]``.
+``num_tasks`` (size of a finite split) and declare what the harness needs beyond
+Gymnasium (metric, prompt framing, whether the model acts, default train options
+and suite) in ``metadata["onelayer"]`` (see :mod:`onelayer.envs.domain`).
+
+Any env registered with plain ``gymnasium.register`` (from a plugin, say) is trained,
+evaluated and swept the same way; :func:`register` here only adds onelayer's own envs
+to the table ``onelayer envs list`` shows, under their short domain names.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class EnvEntry:
 
     env_id: str
     domain: str
+    """Short domain name (``math``) that stands for this env in ``--domains`` and reports."""
     data: str
     entry_point: str
     max_episode_steps: int
@@ -30,10 +37,14 @@ ENVS: dict[str, EnvEntry] = {}
 
 
 def register(env_id: str, entry_point: str, domain: str, data: str, max_episode_steps: int, **kwargs) -> None:
-    """Register a onelayer env with Gymnasium (idempotent) and in onelayer's table."""
+    """Register a onelayer env with Gymnasium (idempotent) and in onelayer's table; ``domain`` names it."""
+    from onelayer.envs.domain import declare_name
+
     if env_id not in gym.registry:
         gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs or None)
     ENVS[env_id] = EnvEntry(env_id, domain, data, entry_point, max_episode_steps)
+    if domain != env_id:
+        declare_name(domain, env_id)
 
 
 register(
@@ -52,20 +63,21 @@ register(
     max_episode_steps=50,
 )
 register(
-    "onelayer/GuessNumber-v0", "onelayer.envs.guess_number:GuessNumberEnv", domain="agentic",
+    "onelayer/GuessNumber-v0", "onelayer.envs.guess_number:GuessNumberEnv", domain="onelayer/GuessNumber-v0",
     data="built-in number-guessing game (the worked example of docs/adding_an_environment.md)",
     max_episode_steps=6,
 )
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise UserError naming the known ids when ``env_id`` is not registered with Gymnasium."""
+    """Raise UserError naming the registered ids when ``env_id`` is not registered with Gymnasium."""
     if env_id not in gym.registry:
-        from onelayer.errors import UserError
+        from onelayer.envs.domain import resolve_env_id
 
-        known = sorted(k for k in gym.registry if k.startswith("onelayer/"))
-        raise UserError(f"unknown env id {env_id!r}: onelayer envs are {', '.join(known)} "
-                        "(or register your own with gymnasium)")
+        resolve_env_id(env_id)  # names the domains and registered ids
+        from onelayer.errors import UserError  # a domain name (math) is not an env id
+
+        raise UserError(f"{env_id!r} is a domain name, not an env id: use {resolve_env_id(env_id)}")
 
 
 def number_option(env_id: str, name: str, value, kind: type = int):
@@ -85,10 +97,7 @@ def number_option(env_id: str, name: str, value, kind: type = int):
 
 
 def env_domain(env_id: str) -> str:
-    """The domain (math, code, agentic, ...) of a registered env id."""
-    if env_id in ENVS:
-        return ENVS[env_id].domain
-    spec = gym.registry.get(env_id)
-    if spec is None:
-        raise KeyError(env_id)
-    return "agentic"
+    """The domain name of a registered env id (its ``metadata["onelayer"]["name"]``, else the id)."""
+    from onelayer.envs.domain import domain_spec
+
+    return domain_spec(env_id).name

@@ -82,7 +82,10 @@ class ALFWorldEnv(gym.Env):
             counts as an invalid action.
     """
 
-    metadata = {"render_modes": [], "onelayer_domain": "agentic"}
+    metadata = {"render_modes": [], "onelayer": {
+        "name": "agentic", "metric": "success_rate", "actions": True,
+        "train": {"env_kwargs": {}, "max_new_tokens": 32, "max_turns": 15, "num_tasks": 2, "num_generations": 4},
+        "suite": "alfworld-gen"}}
 
     def __init__(self, data_path=None, split: str = "train", task_types=None, success_reward: float = 10.0,
                  max_steps: int = 50, expert: str | None = None, max_length: int = 8192,

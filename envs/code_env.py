@@ -65,7 +65,12 @@ class CodeEnv(gym.Env):
         max_length: longest observation/action text the spaces admit.
     """
 
-    metadata = {"render_modes": [], "onelayer_domain": "code"}
+    # several attempts with test feedback (mode="multi"), but the model answers in text, not actions
+    metadata = {"render_modes": [], "onelayer": {
+        "name": "code", "metric": "pass@1", "multi_turn": True, "actions": False, "answer": "code",
+        "train": {"env_kwargs": {"dataset": "humaneval"}, "max_new_tokens": 192, "num_tasks": 4,
+                  "num_generations": 4},
+        "suite": "humaneval"}}
 
     def __init__(self, dataset: str = "humaneval", split: str = "train", mode: str = "single",
                  max_attempts: int = 3, reward: str = "binary", timeout_s: float | None = None,

@@ -19,7 +19,9 @@ from onelayer.errors import UserError
 class GuessNumberEnv(gym.Env):
     """Guess a secret number in few turns: reward 1 for finding it, 0 otherwise."""
 
-    metadata = {"render_modes": [], "onelayer_domain": "agentic"}
+    # Nothing to declare: registered with max_episode_steps > 1 and giving admissible actions, it is an agent
+    # task by default (<action> replies, success_rate, invalid-action penalty 0.1); see envs/domain.py.
+    metadata = {"render_modes": []}
 
     def __init__(self, high: int = 8, split: str = "train"):
         if high < 2:

@@ -42,7 +42,10 @@ class MathEnv(gym.Env):
         max_length: longest observation/action text the spaces admit.
     """
 
-    metadata = {"render_modes": [], "onelayer_domain": "math"}
+    metadata = {"render_modes": [], "onelayer": {
+        "name": "math", "metric": "accuracy", "answer": "final_answer",
+        "prompt_template": "{observation}\nPut the final answer in \\boxed{{}}.",
+        "train": {"env_kwargs": {"level": 1}, "max_new_tokens": 20}, "suite": "math-l1"}}
 
     def __init__(self, source: str = "procedural", level: int = 1, split: str = "train",
                  eval_source: str | None = None, max_length: int = 8192):

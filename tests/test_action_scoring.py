@@ -122,7 +122,7 @@ def test_score_format_needs_a_scoring_engine_and_an_agentic_env(tokenizer):
     with pytest.raises(UserError, match="action_format score needs an engine that scores"):
         collect(GenerateOnly(), builder, [gym.make("onelayer/GuessNumber-v0")], [EpisodeSpec(0, 0, seed=1)],
                 SamplingParams(3, 1.0, 1.0, 0), max_turns=1, parse_actions=True)
-    with pytest.raises(UserError, match="action_format score needs an agentic env"):
+    with pytest.raises(UserError, match="action_format score needs an env where the model acts"):
         TrainConfig(env="onelayer/Math-v0", action_format="score").validate()
     assert builder.parse(" 3</action> trailing", ["1", "3"]).action == "3"
     assert not builder.parse("nine", ["1", "3"]).valid

@@ -80,7 +80,7 @@ def test_choice_format_trains_and_evaluates_on_held_out_games(tokenizer, tiny_mo
     assert "eval/success_rate" in m and 0 <= m["invalid_action_rate"] <= 1
     eval_items = json.loads((tmp_path / "run" / "eval.json").read_text())["items"]
     assert {i["details"]["game_file"].split("/eval/")[0] for i in eval_items} == {str(data)}  # held-out games
-    with pytest.raises(UserError, match="action_format choice needs an agentic env"):
+    with pytest.raises(UserError, match="action_format choice needs an env where the model acts"):
         TrainConfig(env="onelayer/Math-v0", action_format="choice").validate()
 
 

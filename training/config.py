@@ -223,11 +223,11 @@ class TrainConfig:
             raise UserError(f"unknown action_format {self.action_format!r}: use one of {', '.join(ACTION_FORMATS)}")
         check_env_id(self.env)
         if self.action_format in ("choice", "score"):
-            from onelayer.envs import env_domain
+            from onelayer.envs.domain import domain_spec
 
-            if env_domain(self.env) != "agentic":
-                raise UserError(f"action_format {self.action_format} needs an agentic env with admissible actions; {self.env} is "
-                                f"{env_domain(self.env)}: drop --action-format")
+            if not domain_spec(self.env).actions:
+                raise UserError(f"action_format {self.action_format} needs an env where the model acts (admissible "
+                                f"actions); {self.env} takes text answers: drop --action-format")
         if not isinstance(self.env_kwargs, dict):
             raise UserError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
         if self.num_generations < 2:

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from onelayer.agents.engine import SamplingParams, make_engine
-from onelayer.agents.evaluation import METRIC_OF_DOMAIN, EvalResult, evaluate_policy
+from onelayer.agents.evaluation import EvalResult, evaluate_policy
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.agents.scoring import action_log_probs
 from onelayer.agents.trajectory import Trajectory
 from onelayer.agents.weight_sync import trained_tensors
-from onelayer.envs import env_domain
+from onelayer.envs.domain import domain_spec
 from onelayer.errors import TrainingError, UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
@@ -149,8 +149,8 @@ class Trainer:
             fsdp.shard_model(model, find_decoder_blocks(model)[1])
             self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.param_names = list(self.selection.param_names)
-        self.domain = env_domain(config.env)
-        self.metric = METRIC_OF_DOMAIN.get(self.domain, "success_rate")
+        self.domain_spec = domain_spec(config.env)
+        self.domain, self.metric = self.domain_spec.name, self.domain_spec.metric
         self.lr_scale = single_layer_scale(self.selection, config.single_layer_lr_scale) if self.lora is None else 1.0
         self.param_groups = build_param_groups(model, self.selection, config.lr * self.lr_scale,
                                                parse_layer_lr(config.layer_lr),
@@ -164,16 +164,16 @@ class Trainer:
             checkpoint_blocks(find_decoder_blocks(model)[1], self.selection.lowest_layer)
         self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size,
                                   **config.engine_options())
-        self.prompts = PromptBuilder.for_domain(tokenizer, self.domain, config.prompt_template, config.system_prompt,
+        self.prompts = PromptBuilder.for_domain(tokenizer, self.domain_spec, config.prompt_template, config.system_prompt,
                                                 config.history_length, config.action_format)
         # score format: a step's log-prob is log pi(a | s) over the admissible actions, one value per step
         self.scoring = self.prompts.action_format == "score"
         if self.scoring and not callable(getattr(self.engine, "score_actions", None)):
             raise UserError(f"action_format score needs an engine that scores candidate actions; the {config.engine} "
                             "engine only generates: use --engine hf or another action format")
-        self.parse_actions = self.domain == "agentic"
+        self.parse_actions = self.domain_spec.actions
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
-                                else (0.1 if self.domain == "agentic" else 0.0))
+                                else self.domain_spec.invalid_action_penalty)
         self._check_prompt_fits()
         self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
         self.start_step = 0
@@ -217,7 +217,7 @@ class Trainer:
         stored_path = self.run_dir / ckpt.CONFIG_FILE
         stored = (ckpt.read_run_config(self.run_dir).get("ranked_layers", {})
                   if resume and stored_path.is_file() else {})
-        domain = c.rank_domain or env_domain(c.env)
+        domain = c.rank_domain or self.domain_spec.name
         out = {}
         for spec in dict.fromkeys(s.strip() for s in specs):
             if spec in stored:

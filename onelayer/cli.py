@@ -514,16 +514,14 @@ def report_cmd(sweep_dir: Path = typer.Argument(..., help="A sweep directory of 
 @_user_errors
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory of `onelayer train`."),
-    out: Path = typer.Option(..., "--out", help="Directory for the merged model (save_pretrained format)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged model (new, empty, or a previous export)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the run's --dtype; auto = float32)."),
 ):
-    """Write the base model with the run's trained layers merged in, loadable by any HF tool."""
-    from onelayer.benchmarks.evaluate import load_run_model
+    """Write the base model with the run's trained layers merged in, loadable by plain transformers (checked)."""
+    from onelayer.benchmarks.export import export_run
 
-    model, tok, _ = load_run_model(run_dir, device="cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    typer.echo(f"wrote merged model to {out}")
+    res = export_run(run_dir, out, dtype)
+    typer.echo(f"wrote merged model ({res.dtype}, {res.num_tensors} tensors checked after reloading) to {res.out}")
 
 
 @envs_app.command("list")

@@ -230,3 +230,12 @@ def test_local_parquet_source_with_its_own_split(tmp_path):
     obs, _ = env.reset(options={"task_id": 1})
     assert obs == "What is 3 + 5?"
     assert env.step("\\boxed{8}")[1] == 1.0
+
+
+def test_a_solution_without_a_boxed_answer_is_left_out_and_said(tmp_path, fresh_pools):
+    rows = [_math_record(i) for i in range(30)] + [{"problem": "Prove it.", "solution": "Clear."}]
+    path = tmp_path / "math_train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match="1 of 31 records"):
+        env = gym.make("onelayer/Math-v0", source=str(path))
+    assert env.unwrapped.num_tasks == 30 and env.unwrapped._item(5).answer == "25"

@@ -16,6 +16,11 @@ how much one order alone moves a small model's score (``onelayer eval --suite
 A suite whose data is not on this machine raises :class:`SuiteDataMissing`
 (a UserError) naming the data and how to get it; ``run_suites`` records that
 and runs the others.
+
+Suites are registered by name with :func:`register_suite` (also ``onelayer.register_suite``),
+the built-in ones below as a plugin's are; ``onelayer suites`` lists them with their source.
+An env's default suite is the one its DomainSpec names, else the first suite registered for
+it, else every item of its eval split (:func:`default_suite`).
 """
 
 from __future__ import annotations
@@ -29,21 +34,25 @@ from dataclasses import asdict, dataclass, field
 
 import gymnasium as gym
 
+from onelayer import plugins
 from onelayer.agents.engine import RolloutEngine
 from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
 from onelayer.agents.prompts import PromptBuilder
-from onelayer.envs import env_domain
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
-from onelayer.errors import UserError
+from onelayer.envs.domain import domain_spec, env_class, resolve_env_id
+from onelayer.errors import DataMissing, UserError
+
+METRICS = ("accuracy", "success_rate", "pass@1")
+"""A suite's primary metric: accuracy (single-turn), success_rate (episodes), pass@1 (code; ``k`` adds pass@k)."""
 
 
-class SuiteDataMissing(UserError):
+class SuiteDataMissing(DataMissing):
     """The suite's data is not available here; the message says which data and how to get it."""
 
 
 @dataclass(frozen=True)
 class Suite:
-    """One named evaluation suite."""
+    """One named evaluation suite (register one with :func:`register_suite`)."""
 
     name: str
     env: str
@@ -55,21 +64,30 @@ class Suite:
     num_samples: int = 1
     """Samples per item (pass@k needs num_samples >= k)."""
     k: tuple[int, ...] = (1,)
-    """pass@k values reported (code suites); the first is the suite's primary metric."""
+    """pass@k values reported (pass@ suites); the first is the suite's primary metric."""
     max_turns: int | None = None
     seed: int = 0
     description: str = ""
+    kind: str = ""
+    """``accuracy``, ``success_rate`` or ``pass@1`` (METRICS); default: the env's DomainSpec metric."""
+    source: str = "onelayer"
+    """Who registered it: ``onelayer`` (built in) or the plugin / module that did."""
 
     @property
     def domain(self) -> str:
-        return env_domain(self.env)
+        """The domain label of the suite's env (``math``, or a plugin env's id)."""
+        return domain_spec(self.env).name
 
     @property
     def metric(self) -> str:
         """The primary metric's key in the result."""
-        if self.domain == "code":
-            return f"pass@{self.k[0]}"
-        return {"math": "accuracy", "agentic": "success_rate"}.get(self.domain, "success_rate")
+        kind = self.kind or domain_spec(self.env).metric
+        return f"pass@{self.k[0]}" if kind.startswith("pass@") else kind
+
+    @property
+    def per_sample_mean(self) -> bool:
+        """Accuracy and success rate average over samples; pass@k suites report pass@k instead."""
+        return not self.metric.startswith("pass@")
 
     def with_overrides(self, **kw) -> Suite:
         """A copy with some settings changed (``None`` values are ignored)."""
@@ -79,57 +97,131 @@ class Suite:
         return Suite(**data)
 
 
-def _math(level: int) -> Suite:
-    return Suite(f"math-l{level}", "onelayer/Math-v0", {"level": level}, num_items=256, max_new_tokens=20,
-                 description=f"procedural arithmetic, level {level}, 256 held-out items, greedy")
+SUITES: dict[str, Suite] = {}
 
 
-SUITES: dict[str, Suite] = {s.name: s for s in [
-    *(_math(level) for level in range(1, 6)),
-    Suite("gsm8k", "onelayer/Math-v0", {"source": "gsm8k"}, max_new_tokens=512,
-          description="GSM8K test split (1319 problems), greedy"),
-    Suite("math500", "onelayer/Math-v0", {"source": "math500"}, max_new_tokens=1024,
-          description="MATH-500's eval part (about a third of its 500 problems, by question hash; the rest is its "
-                      "train split, so no item scored here is ever trained on), greedy"),
-    Suite("humaneval", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256,
-          description="HumanEval eval split (a third of the 164 problems by task-id hash), pass@1 greedy"),
-    Suite("humaneval-pass@k", "onelayer/Code-v0", {"dataset": "humaneval"}, max_new_tokens=256, temperature=0.8,
-          num_samples=10, k=(1, 5, 10), description="HumanEval eval split, 10 samples at T=0.8, pass@1/5/10"),
-    Suite("humaneval+", "onelayer/Code-v0", {"dataset": "humaneval+"}, max_new_tokens=256,
-          description="HumanEval+ (EvalPlus) eval split, pass@1 greedy"),
-    Suite("mbpp+", "onelayer/Code-v0", {"dataset": "mbpp+"}, max_new_tokens=256,
-          description="MBPP+ (EvalPlus) eval split, pass@1 greedy"),
-    Suite("alfworld-gen", "onelayer/ALFWorld-v0", {"split": "eval", "generated": True}, max_new_tokens=48,
-          max_turns=15, description="onelayer's generated ALFWorld eval games (30), 15 turns, greedy"),
-    Suite("alfworld-gen-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "generated": True},
-          max_new_tokens=48, max_turns=15, description="generated out-of-distribution games (30, bigger rooms)"),
-    Suite("alfworld-gen-easy", "onelayer/ALFWorld-v0",
-          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16, max_turns=10,
-          description="generated easy games (30: 2 receptacles, pick-and-place and look-at-in-light), 10 turns, "
-                      "help/look/inventory not listed, greedy; held out from the easy train set"),
-    Suite("alfworld-gen-easy-sampled", "onelayer/ALFWorld-v0",
-          {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16,
-          max_turns=10, temperature=1.0, num_samples=4,
-          description="the alfworld-gen-easy games, 4 passes sampled at T=1 (fixed seeds), mean success: the "
-                      "policy RL trains (greedy, a small model's position preference decides the choice format)"),
-    Suite("alfworld-gen-easy-ood", "onelayer/ALFWorld-v0",
-          {"split": "eval_ood", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}, max_new_tokens=16,
-          max_turns=10, description="generated easy task types in bigger rooms (30: 3-4 receptacles), 10 turns"),
-    Suite("alfworld-eval-id", "onelayer/ALFWorld-v0", {"split": "eval", "real": True}, max_new_tokens=48,
-          max_turns=50, description="ALFWorld valid_seen (140 games), 50 turns, greedy"),
-    Suite("alfworld-eval-ood", "onelayer/ALFWorld-v0", {"split": "eval_ood", "real": True}, max_new_tokens=48,
-          max_turns=50, description="ALFWorld valid_unseen (134 games), 50 turns, greedy"),
-]}
+def register_suite(name: str, *, env_id: str, num_items: int | None, metric: str, env_kwargs: dict | None = None,
+                   num_samples: int = 1, temperature: float = 0.0, max_new_tokens: int = 20,
+                   max_turns: int | None = None, k: tuple[int, ...] | list[int] | None = None, seed: int = 0,
+                   description: str = "") -> Suite:
+    """Register the suite ``name``: items ``0..num_items-1`` (None: all) of ``env_id``'s eval split.
 
-# The suite each domain's sweep scores by default (cheap enough for CPU).
-DEFAULT_SUITE = {"math": "math-l1", "code": "humaneval", "agentic": "alfworld-gen"}
+    ``metric`` is ``accuracy``, ``success_rate`` or ``pass@1``; ``k`` adds pass@k values (pass@1 suites,
+    with ``num_samples >= max(k)``). Callable from a plugin module while ``onelayer`` is being imported.
+    Registering a name again with the same definition does nothing; with another, it is an error.
+    """
+    if not isinstance(name, str) or not name.strip() or "," in name or "=" in name:
+        raise UserError(f"suite name {name!r} must be a non-empty string without ',' or '='")
+    if env_id not in gym.registry:
+        resolve_env_id(env_id)  # names the registered ids
+        raise UserError(f"suite {name}: {env_id!r} is a domain name; give the env id {resolve_env_id(env_id)}")
+    if metric not in METRICS:
+        raise UserError(f"suite {name}: metric {metric!r} is not one of {', '.join(METRICS)}")
+    ks = tuple(k) if k else (1,)
+    if metric != "pass@1" and ks != (1,):
+        raise UserError(f"suite {name}: k={list(ks)} needs metric pass@1")
+    if num_items is not None and (isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1):
+        raise UserError(f"suite {name}: num_items must be a positive integer or None, got {num_items!r}")
+    if num_samples < 1 or max(ks) > num_samples:
+        raise UserError(f"suite {name}: num_samples={num_samples} must be >= 1 and >= max(k)={max(ks)}")
+    if temperature < 0 or (num_samples > 1 and temperature == 0 and metric == "pass@1"):
+        raise UserError(f"suite {name}: temperature must be >= 0 (and > 0 for several pass@k samples), "
+                        f"got {temperature}")
+    suite = Suite(name, env_id, dict(env_kwargs or {}), num_items, max_new_tokens, float(temperature), num_samples,
+                  ks, max_turns, seed, description, metric, plugins.CURRENT or _caller_source())
+    have = SUITES.get(name)
+    if have is not None and have != suite:
+        raise UserError(f"suite {name!r} is already registered by {have.source} with other settings: "
+                        "choose another name")
+    SUITES[name] = suite
+    return suite
+
+
+def _caller_source() -> str:
+    """The module that called register_suite (through ``onelayer.register_suite`` or directly)."""
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") == "onelayer":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
+
+
+def _register_builtins() -> None:
+    easy = {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}
+    for level in range(1, 6):
+        register_suite(f"math-l{level}", env_id="onelayer/Math-v0", env_kwargs={"level": level}, num_items=256,
+                       metric="accuracy", max_new_tokens=20,
+                       description=f"procedural arithmetic, level {level}, 256 held-out items, greedy")
+    register_suite("gsm8k", env_id="onelayer/Math-v0", env_kwargs={"source": "gsm8k"}, num_items=None,
+                   metric="accuracy", max_new_tokens=512, description="GSM8K test split (1319 problems), greedy")
+    register_suite("math500", env_id="onelayer/Math-v0", env_kwargs={"source": "math500"}, num_items=None,
+                   metric="accuracy", max_new_tokens=1024,
+                   description="MATH-500's eval part (about a third of its 500 problems, by question hash; the rest is "
+                               "its train split, so no item scored here is ever trained on), greedy")
+    register_suite("humaneval", env_id="onelayer/Code-v0", env_kwargs={"dataset": "humaneval"}, num_items=None,
+                   metric="pass@1", max_new_tokens=256,
+                   description="HumanEval eval split (a third of the 164 problems by task-id hash), pass@1 greedy")
+    register_suite("humaneval-pass@k", env_id="onelayer/Code-v0", env_kwargs={"dataset": "humaneval"}, num_items=None,
+                   metric="pass@1", max_new_tokens=256, temperature=0.8, num_samples=10, k=(1, 5, 10),
+                   description="HumanEval eval split, 10 samples at T=0.8, pass@1/5/10")
+    register_suite("humaneval+", env_id="onelayer/Code-v0", env_kwargs={"dataset": "humaneval+"}, num_items=None,
+                   metric="pass@1", max_new_tokens=256, description="HumanEval+ (EvalPlus) eval split, pass@1 greedy")
+    register_suite("mbpp+", env_id="onelayer/Code-v0", env_kwargs={"dataset": "mbpp+"}, num_items=None,
+                   metric="pass@1", max_new_tokens=256, description="MBPP+ (EvalPlus) eval split, pass@1 greedy")
+    alf = dict(env_id="onelayer/ALFWorld-v0", num_items=None, metric="success_rate")
+    register_suite("alfworld-gen", **alf, env_kwargs={"split": "eval", "generated": True}, max_new_tokens=48,
+                   max_turns=15, description="onelayer's generated ALFWorld eval games (30), 15 turns, greedy")
+    register_suite("alfworld-gen-ood", **alf, env_kwargs={"split": "eval_ood", "generated": True}, max_new_tokens=48,
+                   max_turns=15, description="generated out-of-distribution games (30, bigger rooms)")
+    register_suite("alfworld-gen-easy", **alf, env_kwargs=easy, max_new_tokens=16, max_turns=10,
+                   description="generated easy games (30: 2 receptacles, pick-and-place and look-at-in-light), 10 "
+                               "turns, help/look/inventory not listed, greedy; held out from the easy train set")
+    register_suite("alfworld-gen-easy-sampled", **alf, env_kwargs=easy, max_new_tokens=16, max_turns=10,
+                   temperature=1.0, num_samples=4,
+                   description="the alfworld-gen-easy games, 4 passes sampled at T=1 (fixed seeds), mean success: the "
+                               "policy RL trains (greedy, a small model's position preference decides the choice "
+                               "format)")
+    register_suite("alfworld-gen-easy-ood", **alf, env_kwargs={**easy, "split": "eval_ood"}, max_new_tokens=16,
+                   max_turns=10, description="generated easy task types in bigger rooms (30: 3-4 receptacles), 10 turns")
+    register_suite("alfworld-eval-id", **alf, env_kwargs={"split": "eval", "real": True}, max_new_tokens=48,
+                   max_turns=50, description="ALFWorld valid_seen (140 games), 50 turns, greedy")
+    register_suite("alfworld-eval-ood", **alf, env_kwargs={"split": "eval_ood", "real": True}, max_new_tokens=48,
+                   max_turns=50, description="ALFWorld valid_unseen (134 games), 50 turns, greedy")
+
+
+_outer, plugins.CURRENT = plugins.CURRENT, "onelayer"  # a plugin may be what imports this module first
+try:
+    _register_builtins()
+finally:
+    plugins.CURRENT = _outer
+
+
+def default_suite(domain: str) -> Suite:
+    """The suite a domain (name or env id) is scored on by default.
+
+    Its DomainSpec's ``suite``, else the first suite registered for its env, else every
+    item of its eval split (a suite named after the env, greedy, the env's own settings).
+    """
+    spec = domain_spec(domain)
+    if spec.suite:
+        return get_suite(spec.suite)
+    for suite in SUITES.values():
+        if suite.env == spec.env_id:
+            return suite
+    return Suite(spec.env_id, spec.env_id, num_items=None, kind=spec.metric, source="default (every eval item)",
+                 max_new_tokens=int(spec.train.get("max_new_tokens", 64)), max_turns=spec.train.get("max_turns"),
+                 description=f"every item of {spec.env_id}'s eval split, greedy")
 
 
 def get_suite(name: str) -> Suite:
-    """A suite by name, or a UserError listing the names."""
-    if name not in SUITES:
-        raise UserError(f"unknown suite {name!r}: choose from {', '.join(SUITES)}")
-    return SUITES[name]
+    """A suite by name (or an env id: its default suite), or a UserError listing the names."""
+    if name in SUITES:
+        return SUITES[name]
+    if name in gym.registry:
+        return default_suite(name)
+    raise UserError(f"unknown suite {name!r}: choose from {', '.join(SUITES)} (or an env id for every item of its "
+                    "eval split)")
 
 
 def parse_suites(text: str) -> list[Suite]:
@@ -141,24 +233,19 @@ def parse_suites(text: str) -> list[Suite]:
 
 
 def env_kwargs_of(suite: Suite) -> dict:
-    """The env options for the suite's eval split (data-availability keys resolved)."""
-    kw = dict(suite.env_kwargs)
-    if suite.domain != "agentic":
-        return kw
-    from onelayer.envs.alfworld_data import ensure_default_games, real_data_path
+    """The env options for the suite's eval split, as the env takes them.
 
-    split = kw.pop("split")
-    if kw.pop("real", False):
-        path = real_data_path(split)
-        if path is None:
-            raise SuiteDataMissing(
-                f"suite {suite.name} needs the real ALFWorld games (json_2.1.1/{'valid_seen' if split == 'eval' else 'valid_unseen'}): "
-                "pip install alfworld, run `alfworld-download`, and set $ALFWORLD_DATA if not ~/.cache/alfworld")
-        kw["data_path"] = str(path)
-    elif kw.get("generated"):
-        games = kw.pop("generated")
-        kw["data_path"] = str(ensure_default_games(split, "default" if games is True else games))
-    return kw
+    An env class with a ``suite_options(kwargs)`` staticmethod resolves a suite's options
+    itself (ALFWorld turns ``split`` + ``generated`` / ``real`` into a data folder); the
+    others take the suite's options as they are.
+    """
+    resolve = getattr(env_class(suite.env), "suite_options", None)
+    if resolve is None:
+        return dict(suite.env_kwargs)
+    try:
+        return resolve(dict(suite.env_kwargs))
+    except DataMissing as e:
+        raise SuiteDataMissing(f"suite {suite.name}: {e}") from None
 
 
 def check_available(suite: Suite) -> None:
@@ -194,7 +281,7 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
     """
     check_available(suite)
     kw = env_kwargs_of(suite)
-    prompts = PromptBuilder.for_domain(tokenizer, suite.domain, prompt_template, system_prompt, history_length,
+    prompts = PromptBuilder.for_domain(tokenizer, suite.env, prompt_template, system_prompt, history_length,
                                        action_format)
     n_items = suite.num_items
     if n_items is None:
@@ -211,14 +298,14 @@ def run_suite(suite: Suite, engine: RolloutEngine, tokenizer, *, prompt_template
         runs.append(evaluate_policy(
             engine, prompts, suite.env, kw, num_items=n_items, max_new_tokens=suite.max_new_tokens,
             temperature=suite.temperature, seed=suite.seed + SAMPLE_SEED_STRIDE * j, batch_size=batch_size,
-            max_turns=suite.max_turns, metric=suite.metric, parse_actions=suite.domain == "agentic"))
+            max_turns=suite.max_turns, metric=suite.metric, parse_actions=domain_spec(suite.env).actions))
     first = runs[0]
     result = first.to_dict()
     if suite.num_samples > 1 or first_sample:
         correct = [sum(r.items[i].success for r in runs) for i in range(n_items)]
         for k in (k for k in suite.k if k <= suite.num_samples):  # a later part alone (first_sample) may be short
             result[f"pass@{k}"] = sum(pass_at_k(suite.num_samples, c, k) for c in correct) / n_items
-        if suite.domain != "code":
+        if suite.per_sample_mean:
             # Accuracy / success rate over every sample (greedy agentic passes differ in the choice order).
             result[first.metric] = statistics.fmean(r.value for r in runs)
             result["by_sample"] = [r.value for r in runs]
@@ -280,7 +367,7 @@ def merge_samples(done: dict, more: dict) -> dict:
         for item in out["items"]:
             item["samples"] = [{"success": bool(item["success"]), "response": item["response"]}]
             item["samples_correct"] = int(bool(item["success"]))
-        if done["domain"] != "code":
+        if not done["metric"].startswith("pass@"):
             out["by_sample"] = [done[done["metric"]]]
     total = a["num_samples"] + b["num_samples"]
     for item, extra in zip(out["items"], more["items"]):

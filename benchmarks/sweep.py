@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from onelayer.benchmarks.suites import DEFAULT_SUITE, SUITES, get_suite, run_suites
+from onelayer.benchmarks.suites import default_suite, get_suite, run_suites
 from onelayer.benchmarks.sweep_results import (
     JobResult,
     append_result,
@@ -47,19 +47,12 @@ from onelayer.benchmarks.sweep_results import (
     results_path,
     scale_suffix,
 )
-from onelayer.envs import check_env_id, env_domain
+from onelayer.envs.domain import domain_spec
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json
 
 SPEC_FILE = "sweep.json"
-DOMAIN_TRAIN: dict[str, dict] = {
-    "math": {"env": "onelayer/Math-v0", "env_kwargs": {"level": 1}, "max_new_tokens": 20},
-    "code": {"env": "onelayer/Code-v0", "env_kwargs": {"dataset": "humaneval"}, "max_new_tokens": 192,
-             "num_tasks": 4, "num_generations": 4},
-    "agentic": {"env": "onelayer/ALFWorld-v0", "env_kwargs": {}, "max_new_tokens": 32, "max_turns": 15,
-                "num_tasks": 2, "num_generations": 4},
-}
 EXECUTORS = ("local", "ray")
 
 
@@ -69,7 +62,8 @@ class SweepSpec:
 
     model: str = "smollm2-135m"
     domains: list = field(default_factory=lambda: ["math"])
-    """math, code, agentic, or registered env ids (trained on their train split)."""
+    """Domain names (math, code, agentic) or registered env ids, a plugin's included: each is trained on its
+    env's train split with its DomainSpec's train options and scored on its default suite."""
     algos: list = field(default_factory=lambda: ["gigpo"])
     layers: str = "all"
     """Single-layer targets: ``all`` (every block), or a list/range such as ``0,6,12,17,23,29``, ``0-29``, ``15.mlp``."""
@@ -128,11 +122,10 @@ class SweepSpec:
 
     # ------------------------------------------------------------ resolution
     def domain_suites(self, domain: str) -> list[str]:
-        d = domain_name(domain)
-        names = self.suites.get(domain) or self.suites.get(d) or ([DEFAULT_SUITE[d]] if d in DEFAULT_SUITE else [])
-        if not names:
-            raise UserError(f"no evaluation suite for domain {domain!r}: pass --suites for it")
-        return list(names)
+        """The domain's suites as given (by its name or env id), else its default suite."""
+        spec = domain_spec(domain)
+        names = self.suites.get(domain) or self.suites.get(spec.name) or self.suites.get(spec.env_id)
+        return list(names) if names else [default_suite(domain).name]
 
     def eval_suites(self, domain: str) -> list[str]:
         """Suites evaluated on a job of ``domain``: its own first, then the other domains', then extras."""
@@ -144,13 +137,11 @@ class SweepSpec:
         return names
 
     def train_options(self, domain: str) -> dict:
-        d = domain_name(domain)
-        base = dict(DOMAIN_TRAIN.get(d, {}))
-        if d not in DOMAIN_TRAIN:
-            base["env"] = domain
+        """TrainConfig options of a domain's jobs: its env and DomainSpec defaults, then ``train``'s."""
+        spec = domain_spec(domain)
         common = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
-        own = self.train.get(domain) or self.train.get(d) or {}
-        return {**base, **common, **own}
+        own = self.train.get(domain) or self.train.get(spec.name) or self.train.get(spec.env_id) or {}
+        return {**spec.train_options(), **common, **own}
 
     def targets(self, num_layers: int) -> list[str]:
         """Single-layer targets as layer specs (``15``, ``15.mlp``)."""
@@ -179,11 +170,8 @@ class SweepSpec:
 
 
 def domain_name(domain: str) -> str:
-    """math / code / agentic for a domain name or an env id."""
-    if domain in DOMAIN_TRAIN:
-        return domain
-    check_env_id(domain)
-    return env_domain(domain)
+    """The label of a domain name or env id (``onelayer/Math-v0`` -> ``math``; a plugin env: its id)."""
+    return domain_spec(domain).name
 
 
 @dataclass(frozen=True)
@@ -464,7 +452,7 @@ def validate_spec(spec: SweepSpec) -> None:
     from onelayer.training.advantages import ALGORITHMS
 
     if not spec.domains:
-        raise UserError("--domains needs at least one domain: math, code, agentic or an env id")
+        raise UserError("--domains needs at least one domain: math, code, agentic or a registered env id")
     for d in spec.domains:
         domain_name(d)
     for a in spec.algos:
@@ -486,9 +474,9 @@ def validate_spec(spec: SweepSpec) -> None:
             get_suite(n)
     for d in spec.domains:
         for n in spec.domain_suites(d):
-            if SUITES[n].domain != domain_name(d):
-                raise UserError(f"suite {n} is a {SUITES[n].domain} suite, not a {domain_name(d)} one: list it under "
-                                "its own domain or in --extra-suites")
+            if get_suite(n).env != domain_spec(d).env_id:
+                raise UserError(f"suite {n} scores {get_suite(n).env}, not {domain_spec(d).env_id} ({d}): list it "
+                                "under its own domain or in --extra-suites")
     if spec.insert_layer:
         from onelayer.training.insert import load_factory
 

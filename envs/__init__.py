@@ -49,7 +49,7 @@ def register(env_id: str, entry_point: str, domain: str, data: str, max_episode_
 
 register(
     "onelayer/Math-v0", "onelayer.envs.math_env:MathEnv", domain="math",
-    data="procedural generator (offline, levels 1-5); gsm8k / math500 via datasets; local jsonl/parquet",
+    data="procedural generator (offline, levels 1-5); gsm8k / math / math500 via datasets; local jsonl/parquet (eval_source=FILE for a test file)",
     max_episode_steps=1,
 )
 register(

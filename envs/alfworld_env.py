@@ -87,6 +87,32 @@ class ALFWorldEnv(gym.Env):
         "train": {"env_kwargs": {}, "max_new_tokens": 32, "max_turns": 15, "num_tasks": 2, "num_generations": 4},
         "suite": "alfworld-gen"}}
 
+    @staticmethod
+    def suite_options(kwargs: dict) -> dict:
+        """A suite's options as this env takes them: ``split`` + ``real`` / ``generated`` become a ``data_path``.
+
+        Suites name their games by where they come from (``{"split": "eval", "generated": "easy"}``); this
+        resolves that to the folder (generating the set once, offline), or raises SuiteDataMissing-style
+        UserError naming the data and how to get it. Evaluation code calls it when an env class has it.
+        """
+        from onelayer.envs.alfworld_data import ensure_default_games, real_data_path
+        from onelayer.errors import DataMissing
+
+        kw = dict(kwargs)
+        split = kw.pop("split")
+        if kw.pop("real", False):
+            path = real_data_path(split)
+            if path is None:
+                raise DataMissing(
+                    f"the real ALFWorld games (json_2.1.1/{'valid_seen' if split == 'eval' else 'valid_unseen'}) are "
+                    "not here: pip install alfworld, run `alfworld-download`, and set $ALFWORLD_DATA if not "
+                    "~/.cache/alfworld")
+            kw["data_path"] = str(path)
+        elif kw.get("generated"):
+            games = kw.pop("generated")
+            kw["data_path"] = str(ensure_default_games(split, "default" if games is True else games))
+        return kw
+
     def __init__(self, data_path=None, split: str = "train", task_types=None, success_reward: float = 10.0,
                  max_steps: int = 50, expert: str | None = None, max_length: int = 8192,
                  hide_commands=(), generated_games: str | None = None):

@@ -7,3 +7,7 @@ class UserError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training went wrong in a way that would otherwise go unnoticed (e.g. weights not moving)."""
+
+
+class DataMissing(UserError):
+    """Data a task needs is not on this machine; the message names the data and how to get it."""

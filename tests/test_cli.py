@@ -69,14 +69,14 @@ def test_config_file_and_resume(tiny_model_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["train", "--env", "onelayer/Nope-v0"], "unknown env id 'onelayer/Nope-v0'"),
+    (["train", "--env", "onelayer/Nope-v0"], "unknown domain or env id 'onelayer/Nope-v0'"),
     (["train", "--algo", "ppo"], "unknown algorithm 'ppo'"),
     (["train", "--layers", "1-x"], "bad layer spec"),
     (["train", "--num-generations", "1"], "num_generations"),
     (["train", "--num-tasks", "3", "--num-generations", "2", "--mini-batch-size", "4"], "must divide"),
     (["train", "--model", "/no/such/model.gguf"], "does not exist"),
     (["train", "--config", "/no/such.yaml"], "does not exist"),
-    (["eval", "--model", "smollm2-135m", "--env", "onelayer/Nope-v0"], "unknown env id"),
+    (["eval", "--model", "smollm2-135m", "--env", "onelayer/Nope-v0"], "unknown domain or env id"),
     (["eval"], "exactly one of --run"),
     (["eval", "--run", "/tmp"], "not a onelayer run directory"),
 ])

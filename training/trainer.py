@@ -125,6 +125,8 @@ class Trainer:
         self.run_dir = Path(config.out or config.default_out())
         if model is None:
             resolve_model(config.model)  # a missing model file fails before anything is written
+        self.domain_spec = domain_spec(config.env)  # what the harness needs to know about the env
+        self.domain, self.metric = self.domain_spec.name, self.domain_spec.metric
         self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self.ranked = self._resolve_ranked_specs(resume)  # a missing sweep fails before anything is written
@@ -149,8 +151,6 @@ class Trainer:
             fsdp.shard_model(model, find_decoder_blocks(model)[1])
             self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.param_names = list(self.selection.param_names)
-        self.domain_spec = domain_spec(config.env)
-        self.domain, self.metric = self.domain_spec.name, self.domain_spec.metric
         self.lr_scale = single_layer_scale(self.selection, config.single_layer_lr_scale) if self.lora is None else 1.0
         self.param_groups = build_param_groups(model, self.selection, config.lr * self.lr_scale,
                                                parse_layer_lr(config.layer_lr),

@@ -66,7 +66,8 @@ class SweepSpec:
     env's train split with its DomainSpec's train options and scored on its default suite."""
     algos: list = field(default_factory=lambda: ["gigpo"])
     layers: str = "all"
-    """Single-layer targets: ``all`` (every block), or a list/range such as ``0,6,12,17,23,29``, ``0-29``, ``15.mlp``."""
+    """Single-layer targets: ``all`` (every block), a list/range such as ``0,6,12,17,23,29``, ``0-29``, ``15.mlp``,
+    or ``none`` (only the inserted blocks: ``--only-inserted``)."""
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     steps: int = 10
     lr: float | None = None
@@ -144,7 +145,10 @@ class SweepSpec:
         return {**spec.train_options(), **common, **own}
 
     def targets(self, num_layers: int) -> list[str]:
-        """Single-layer targets as layer specs (``15``, ``15.mlp``)."""
+        """Single-layer targets as layer specs (``15``, ``15.mlp``); ``none``: no single-layer jobs (only inserted
+        blocks, ``--only-inserted``)."""
+        if self.layers.strip() == "none":
+            return []
         if self.layers.strip() == "all":
             return [str(i) for i in range(num_layers)]
         out = []
@@ -468,7 +472,10 @@ def validate_spec(spec: SweepSpec) -> None:
     if spec.eval_items is not None and spec.eval_items < 1:
         raise UserError(f"--eval-items must be >= 1, got {spec.eval_items}")
     if bool(spec.insert_layer) != bool(spec.insert_at):
-        raise UserError("--insert-layer and --at go together (e.g. --insert-layer onelayer.training.insert:identity_copy --at 15)")
+        raise UserError("--insert-layer and --insert-at go together (e.g. --insert-layer "
+                        "onelayer.training.insert:identity_copy --insert-at 15)")
+    if spec.layers.strip() == "none" and not spec.insert_at:
+        raise UserError("--only-inserted (layers none) needs --insert-layer and --insert-at: there is nothing to train")
     for d in spec.domains:
         for n in spec.eval_suites(d):
             get_suite(n)

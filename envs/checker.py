@@ -151,6 +151,38 @@ def check(env_factory, max_steps: int = 200) -> list[CheckResult]:
     return results
 
 
+def check_splits(make_env, eval_items: int | None = None, asked_by: str = "evaluation") -> list[CheckResult]:
+    """What training needs beyond one episode: both splits build, and the eval split holds what is asked of it.
+
+    ``make_env(split)`` builds the env on ``"train"`` or ``"eval"``; ``eval_items`` is how many eval items the
+    default suite (or ``--eval-items`` / ``--eval-size``) will ask for, named by ``asked_by``.
+    """
+    results: list[CheckResult] = []
+    built = {}
+    for split in ("train", "eval"):
+        try:
+            built[split] = make_env(split)
+            results.append(CheckResult(f"{split} split builds", True, f"split={split!r} builds"))
+        except Exception as e:  # noqa: BLE001  (any failure is the author's to see)
+            results.append(CheckResult(f"{split} split builds", False,
+                                       f"the constructor must take split='train'|'eval'; split={split!r} raised "
+                                       f"{type(e).__name__}: {e}"))
+    if "eval" in built and eval_items is not None:
+        n = getattr(built["eval"].unwrapped, "num_tasks", None)
+        if n is None:
+            results.append(CheckResult("eval split size", True, f"num_tasks not given: {asked_by} asks for "
+                                       f"{eval_items} items (items are reset with task_id 0..{eval_items - 1})"))
+        else:
+            ok = n >= eval_items
+            results.append(CheckResult("eval split size", ok, f"{n} eval tasks >= the {eval_items} {asked_by} asks for"
+                                       if ok else f"the eval split has {n} tasks but {asked_by} asks for {eval_items}: "
+                                       f"ask for at most {n} (--eval-items / --eval-size, or the suite's num_items) "
+                                       "or give the env more eval tasks"))
+    for env in built.values():
+        env.close()
+    return results
+
+
 def format_report(target: str, results: list[CheckResult]) -> str:
     """Human-readable table of check results."""
     lines = [f"checking {target}"]

@@ -42,6 +42,11 @@ class _OneLineErrors(typer.core.TyperGroup):
 
         argv = list(sys.argv[1:] if args is None else args)
         try:
+            argv = _load_cli_plugins(argv)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        try:
             rv = super().main(argv, prog_name, complete_var, False, **extra)
         except getattr(cx, "NoArgsIsHelpError", ()) as e:
             typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
@@ -61,8 +66,31 @@ class _OneLineErrors(typer.core.TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _load_cli_plugins(argv: list[str]) -> list[str]:
+    """Import every ``--plugin MODULE`` (any command, repeatable) and return the command line without them.
+
+    The modules are also put in ``$ONELAYER_PLUGINS``, so the processes a command starts (sweep
+    workers, Ray tasks on this machine, torchrun ranks) import them when they import onelayer.
+    """
+    import os
+
+    from onelayer import plugins
+
+    modules, rest = plugins.argv_plugins(argv)
+    for m in modules:
+        plugins.load_plugin(m)
+    if modules:
+        have = [m for m in os.environ.get("ONELAYER_PLUGINS", "").split(",") if m]
+        os.environ["ONELAYER_PLUGINS"] = ",".join(dict.fromkeys(have + modules))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    return rest
+
+
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Layer-targeted RL for LLM agents: train one transformer layer and measure what it recovers.")
+                  help="Layer-targeted RL for LLM agents: train one transformer layer and measure what it recovers.\n\n"
+                       "Every command takes --plugin MODULE (repeatable): a module to import first, which registers "
+                       "envs (gymnasium.register) and suites (onelayer.register_suite). Installed packages with an "
+                       "'onelayer.plugins' entry point are imported always.")
 envs_app = typer.Typer(no_args_is_help=True, help="List and check onelayer environments.")
 app.add_typer(envs_app, name="envs")
 alfworld_app = typer.Typer(no_args_is_help=True, help="ALFWorld data: generate offline games.")
@@ -298,11 +326,11 @@ def _eval_suites(suite, run, model, out, num_items, num_samples, batch_size, dev
 
 @app.command("suites")
 def suites_cmd():
-    """List the named evaluation suites (use with `onelayer eval --suite NAME`)."""
+    """List the named evaluation suites with their env, metric and source (built in or a plugin)."""
     from onelayer.benchmarks.suites import SUITES
 
     for s in SUITES.values():
-        typer.echo(f"{s.name:18s} {s.domain:8s} {s.metric:9s} {s.description}")
+        typer.echo(f"{s.name:26s} {s.env:24s} {s.metric:12s} {s.source:12s} {s.description}")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -329,16 +357,25 @@ def _parse_scales(text: str) -> float | list[float]:
 
 
 def _sweep_spec(data: dict, flags: dict, suites: str | None):
-    """A SweepSpec from stored/preset settings ``data`` with the command line's ``flags`` (None = not given) on top;
-    ``--suites`` is a comma list, each suite used for its own domain."""
+    """A SweepSpec from stored/preset settings ``data`` with the command line's ``flags`` (None = not given) on top.
+
+    ``--suites`` is a comma list: a plain ``SUITE`` is used for its own env's domain; ``DOMAIN=SUITE`` (a domain
+    name or env id) assigns it, and the plain names after it join that domain (``my/Env-v0=s1,s2,math-l1`` is
+    wrong: write ``math-l1,my/Env-v0=s1,s2``)."""
     from onelayer.benchmarks.sweep import SweepSpec
 
     if suites:
         from onelayer.benchmarks.suites import get_suite
+        from onelayer.envs.domain import resolve_env_id
 
         by_domain: dict = {}
-        for name in (n.strip() for n in suites.split(",") if n.strip()):
-            by_domain.setdefault(get_suite(name).domain, []).append(name)
+        current = None
+        for token in (n.strip() for n in suites.split(",") if n.strip()):
+            if "=" in token:
+                current, _, token = (t.strip() for t in token.partition("="))
+                resolve_env_id(current)  # an unknown domain is a one-line error here
+            suite = get_suite(token)
+            by_domain.setdefault(current or suite.domain, []).append(token)
         flags = {**flags, "suites": by_domain}
     return SweepSpec.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
 
@@ -360,13 +397,14 @@ def sweep_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per training job. Default: 10."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The full-parameter lr, used for every job (the paper's rule)."),
     single_layer_lr_scale: Optional[str] = typer.Option(None, "--single-layer-lr-scale", help="Multiply lr for single-layer jobs (recorded); a list (1,4) runs each and the report compares the rankings. Default: 1."),
-    suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites, each used for its own domain (first = in-domain score)."),
+    suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites: SUITE (for its env's domain) or DOMAIN=SUITE[,SUITE] (first = in-domain score)."),
     extra_suites: Optional[str] = typer.Option(None, "--extra-suites", help="Suites evaluated on every job too (transfer)."),
     transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's suites."),
     eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Items per suite (overrides the suites' own count)."),
     train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options for every job: key=value,... or JSON ({\"math\": {...}} per domain)."),
     insert_layer: Optional[str] = typer.Option(None, "--insert-layer", help="module:factory building a new block to insert and train (e.g. onelayer.training.insert:identity_copy)."),
-    at: Optional[str] = typer.Option(None, "--at", help="Where --insert-layer puts its block: one index or a comma list."),
+    at: Optional[str] = typer.Option(None, "--insert-at", "--at", help="Where --insert-layer puts its block: one index or a comma list (as train's --insert-at)."),
+    only_inserted: bool = typer.Option(False, "--only-inserted", help="Benchmark only the inserted blocks: no single-layer jobs of existing layers (needs --insert-layer)."),
     baseline: Optional[bool] = typer.Option(None, "--baseline/--no-baseline", help="Evaluate the untrained model (needed for contribution)."),
     full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Run full-parameter RL (needed for contribution)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="local (one job at a time here) or ray (a Ray task per job)."),
@@ -406,7 +444,11 @@ def sweep_cmd(
         try:
             flags["insert_at"] = [int(a) for a in at.split(",") if a.strip()]
         except ValueError:
-            raise UserError(f"--at takes block indices (15 or 12,15), got {at!r}") from None
+            raise UserError(f"--insert-at takes block indices (15 or 12,15), got {at!r}") from None
+    if only_inserted:
+        if layers:
+            raise UserError("--only-inserted runs no single-layer jobs: drop --layers")
+        flags["layers"] = "none"
     spec = _sweep_spec(data, flags, suites)
     if dry_run:
         from onelayer.benchmarks.sweep import validate_spec
@@ -539,15 +581,31 @@ def envs_check(
     target: str = typer.Argument(..., help="A registered env id (onelayer/Math-v0) or MODULE:CLASS_OR_ID."),
     env_kwargs: Optional[str] = typer.Option(None, "--env-kwargs", help="Constructor options: key=value,... or JSON."),
     max_steps: int = typer.Option(200, "--max-steps", help="Step budget for the termination check."),
+    eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Eval items a run or sweep will ask for (default: the env's default suite's)."),
 ):
-    """Run Gymnasium's check_env plus onelayer's contract checks; exit 1 when any check fails."""
-    from onelayer.envs.checker import check, format_report, load_env
+    """Run Gymnasium's check_env, onelayer's contract checks and what training needs (both splits, eval size, the
+    env's DomainSpec); exit 1 when any check fails."""
+    from onelayer.envs.checker import CheckResult, check, check_splits, format_report, load_env
 
     if max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {max_steps}")
     kwargs = _parse_mapping(env_kwargs, "--env-kwargs") if env_kwargs else {}
     load_env(target, **kwargs).close()  # a bad target fails here with a clear message
     results = check(lambda: load_env(target, **kwargs), max_steps=max_steps)
+    import gymnasium as gym
+
+    if target in gym.registry:  # a registered id: what the harness will do with it
+        from onelayer.benchmarks.suites import default_suite
+        from onelayer.envs.domain import domain_spec
+
+        spec = domain_spec(target)
+        results.append(CheckResult("onelayer domain record", True, (
+            f"domain {spec.name!r}: {'acting (<action> replies)' if spec.actions else 'text answers'}, "
+            f"{'multi-turn' if spec.multi_turn else 'single-turn'}, metric {spec.metric}")))
+        suite = default_suite(target)
+        asked = eval_items or suite.num_items
+        by = "--eval-items" if eval_items else f"its default suite {suite.name}"
+        results += check_splits(lambda split: load_env(target, **{**kwargs, "split": split}), asked, by)
     typer.echo(format_report(target, results))
     if not all(r.ok for r in results):
         raise typer.Exit(1)

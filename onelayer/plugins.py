@@ -61,7 +61,10 @@ def load_installed() -> None:
 def invoked_as_cli() -> bool:
     """True when this process is the ``onelayer`` command (so errors print one line and exit 2)."""
     argv0 = sys.argv[0] if sys.argv else ""
-    return argv0.rsplit("/", 1)[-1] == "onelayer" or argv0.endswith(("onelayer/cli.py", "onelayer/__main__.py"))
+    if argv0.rsplit("/", 1)[-1] == "onelayer" or argv0.endswith(("onelayer/cli.py", "onelayer/__main__.py")):
+        return True
+    orig = list(getattr(sys, "orig_argv", []))  # `python -m onelayer.cli`: argv[0] is "-m" while packages import
+    return any(a == "-m" and orig[i + 1:i + 2] in (["onelayer.cli"], ["onelayer"]) for i, a in enumerate(orig))
 
 
 def argv_plugins(argv: list[str]) -> tuple[list[str], list[str]]:

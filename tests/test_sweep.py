@@ -192,7 +192,7 @@ def test_sweep_trains_an_inserted_block_and_eval_reloads_it(tiny_model_dirs, tmp
     out = tmp_path / "ins"
     res = runner.invoke(app, _sweep_args(tiny_model_dirs["llama"], out, layers="1", seeds="1", steps=2,
                                          extra=["--insert-layer", "onelayer.training.insert:identity_copy",
-                                                "--at", "2", "--no-report"]))
+                                                "--insert-at", "2", "--no-report"]))
     assert res.exit_code == 0, res.output
     r = _results(out)["math/grpo/s0/layer-insert-2"]
     assert r.target == "insert@2" and r.layer == 2
@@ -230,7 +230,7 @@ def test_bad_sweep_options_fail_before_any_work(tmp_path):
         (["--executor", "slurm"], "unknown executor"),
         (["--suites", "nope"], "unknown suite 'nope'"),
         (["--preset", "huge"], "unknown sweep preset"),
-        (["--insert-layer", "onelayer.training.insert:identity_copy"], "--at"),
+        (["--insert-layer", "onelayer.training.insert:identity_copy"], "--insert-at"),
         (["--train", "num_generations=1"], "num_generations"),
         (["--single-layer-lr-scale", "1,x"], "--single-layer-lr-scale takes"),
         (["--single-layer-lr-scale", "0"], "positive numbers"),

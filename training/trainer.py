@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from onelayer.agents.engine import SamplingParams, make_engine
-from onelayer.agents.evaluation import EvalResult, evaluate_policy
+from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
@@ -128,6 +128,7 @@ class Trainer:
         self.domain_spec = domain_spec(config.env)  # what the harness needs to know about the env
         self.domain, self.metric = self.domain_spec.name, self.domain_spec.metric
         self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
+        self._check_eval_size()
         self.reward_funcs = _load_reward_funcs(config.reward_funcs)
         self.ranked = self._resolve_ranked_specs(resume)  # a missing sweep fails before anything is written
         if self._main:
@@ -277,6 +278,18 @@ class Trainer:
         except (TypeError, ValueError) as e:
             raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
         return envs
+
+    def _check_eval_size(self) -> None:
+        """The eval split must hold the ``eval_size`` items the run will score (checked before any step)."""
+        c = self.config
+        if not c.eval_size:
+            return
+        env = make_eval_env(c.env, c.env_kwargs)
+        n = getattr(env.unwrapped, "num_tasks", None)
+        env.close()
+        if n is not None and n < c.eval_size:
+            raise UserError(f"{c.env}'s eval split has {n} tasks but --eval-size is {c.eval_size}: pass --eval-size "
+                            f"{n} or less (0: no evaluation)")
 
     def _check_prompt_fits(self) -> None:
         """A first prompt longer than max_prompt_length would truncate every episode: say so up front."""

@@ -11,6 +11,7 @@ from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.errors import UserError
 
+
 @dataclass
 class ItemOutcome:
     """One evaluation item: what the policy answered and how it scored."""

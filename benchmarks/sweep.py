@@ -47,8 +47,8 @@ from onelayer.benchmarks.sweep_results import (
     results_path,
     scale_suffix,
 )
-from onelayer.envs.domain import domain_spec
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
+from onelayer.envs.domain import domain_spec
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json
 

@@ -1,8 +1,9 @@
 """A third-party package extends onelayer without editing it: its envs and suites go through the real CLI.
 
-The plugin is built as a separate package in a temporary directory (pyproject with an
-``onelayer.plugins`` entry point, a single-turn text env, a multi-turn env with admissible
-actions and a suite), installed with pip into a folder of its own that the CLI's
+The plugin is the worked example of docs/adding_an_environment.md, built from that page as
+a separate package in a temporary directory (pyproject with an ``onelayer.plugins`` entry
+point, a single-turn text env, a multi-turn env with admissible actions and a suite),
+installed with pip into a folder of its own that the CLI's
 subprocesses see on ``PYTHONPATH``, so the entry point is found by the same
 ``importlib.metadata`` lookup a pip-installed package gets.
 """
@@ -11,130 +12,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).parent
 
-ENVS_PY = '''
-import string
-
-import gymnasium as gym
-from gymnasium import spaces
+DOC = TESTS.parent / "docs" / "adding_an_environment.md"
 
 
-class ParityEnv(gym.Env):
-    """Single-turn: is the number even? Reward 1 for the right word."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, split="train"):
-        if split not in ("train", "eval"):
-            raise ValueError(f"unknown split {split!r}")
-        self.numbers = list(range(0, 64)) if split == "train" else list(range(100, 110))
-        self.observation_space = spaces.Text(max_length=4096, charset=string.printable)
-        self.action_space = spaces.Text(max_length=4096, charset=string.printable)
-
-    @property
-    def num_tasks(self):
-        return len(self.numbers)
-
-    def _pick(self, seed, options):
-        tid = (options or {}).get("task_id")
-        if isinstance(tid, str):
-            return int(tid.split("/")[1])
-        if isinstance(tid, int):
-            return self.numbers[tid]
-        return self.numbers[int(self.np_random.integers(len(self.numbers)))]
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.n = self._pick(seed, options)
-        return f"Is {self.n} even? Answer yes or no.", {"task_id": f"parity/{self.n}"}
-
-    def step(self, action):
-        said = "yes" if "yes" in action.lower() else "no" if "no" in action.lower() else None
-        won = said == ("yes" if self.n % 2 == 0 else "no")
-        info = {"task_id": f"parity/{self.n}", "won": won, "invalid_action": said is None}
-        return "done", float(won), True, False, info
+def _doc_files() -> dict[str, str]:
+    """The plugin's three files, as docs/adding_an_environment.md shows them (the page is the test's source)."""
+    text = DOC.read_text()
+    blocks = re.findall(r"```\w+\n# file: ([\w/.]+)\n(.*?)```", text, re.S)
+    files = {name: body for name, body in blocks if name in ("pyproject.toml", "oneplug/__init__.py", "oneplug/envs.py")}
+    assert set(files) == {"pyproject.toml", "oneplug/__init__.py", "oneplug/envs.py"}, sorted(files)
+    return files
 
 
-class PickEnv(gym.Env):
-    """Multi-turn: open the right one of three boxes (admissible actions)."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, split="train"):
-        self.split = split
-        self.observation_space = spaces.Text(max_length=4096, charset=string.printable)
-        self.action_space = spaces.Text(max_length=4096, charset=string.printable)
-
-    @property
-    def num_tasks(self):
-        return 3
-
-    def _info(self):
-        return {"task_id": f"pick/{self.target}", "anchor": self._obs(),
-                "admissible_actions": [f"open box {i}" for i in range(3)]}
-
-    def _obs(self):
-        return "Three boxes. One holds a key. Opened: " + (", ".join(self.opened) or "none")
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        tid = (options or {}).get("task_id")
-        self.target = (int(tid.split("/")[1]) if isinstance(tid, str) else tid if isinstance(tid, int)
-                       else int(self.np_random.integers(3)))
-        self.opened = []
-        return self._obs(), self._info()
-
-    def step(self, action):
-        valid = action in self._info()["admissible_actions"]
-        if valid:
-            self.opened.append(action)
-        won = action == f"open box {self.target}"
-        info = {**self._info(), "won": won, "invalid_action": not valid}
-        return self._obs(), float(won), won, False, info
-'''
-
-INIT_PY = '''
-import gymnasium as gym
-
-import onelayer
-
-gym.register(id="oneplug/Parity-v0", entry_point="oneplug.envs:ParityEnv", max_episode_steps=1)
-gym.register(id="oneplug/Pick-v0", entry_point="oneplug.envs:PickEnv", max_episode_steps=3)
-onelayer.register_suite("parity-eval", env_id="oneplug/Parity-v0", num_items=8, metric="accuracy",
-                        max_new_tokens=4, description="parity of 8 held-out numbers")
-'''
-
-PYPROJECT = '''
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "oneplug-test"
-version = "0.0.1"
-
-[project.entry-points."onelayer.plugins"]
-oneplug = "oneplug"
-
-[tool.setuptools]
-packages = ["oneplug"]
-'''
-
-
-def _write_package(root: Path, init_py: str = INIT_PY) -> Path:
+def _write_package(root: Path, init_py: str | None = None) -> Path:
     pkg = root / "src"
     (pkg / "oneplug").mkdir(parents=True)
-    (pkg / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
-    (pkg / "oneplug" / "__init__.py").write_text(textwrap.dedent(init_py))
-    (pkg / "oneplug" / "envs.py").write_text(textwrap.dedent(ENVS_PY))
+    for name, body in _doc_files().items():
+        (pkg / name).write_text(body)
+    if init_py is not None:
+        (pkg / "oneplug" / "__init__.py").write_text(init_py)
     return pkg
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from onelayer.errors import UserError
 
@@ -142,3 +143,30 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     model.eval()  # RL fine-tuning runs without dropout
     tok = load_tokenizer(source)
     return model, tok, source
+
+
+def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (dotted path, ModuleList) of the model's decoder blocks.
+
+    Looks for the ModuleList whose length equals ``config.num_hidden_layers``
+    (or, without a config, the longest ModuleList of same-class modules).
+    """
+    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(m) for m in module}
+            if len(kinds) == 1:
+                candidates.append((name, module))
+    if expected is not None:
+        matching = [c for c in candidates if len(c[1]) == expected]
+        if matching:
+            # The shallowest match is the stack itself (not a list nested inside a block).
+            return min(matching, key=lambda c: c[0].count("."))
+    if candidates and expected is None:
+        return max(candidates, key=lambda c: len(c[1]))
+    raise UserError(
+        f"cannot find the decoder blocks of {type(model).__name__}: onelayer needs a decoder-only "
+        "model whose blocks form an nn.ModuleList (Llama, Qwen2/3, Mistral, Gemma, Phi, ...); "
+        "select parameters by name instead with --layers 're:PATTERN'"
+    )

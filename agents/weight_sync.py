@@ -132,7 +132,7 @@ def layer_and_model_bytes(config, dtype: torch.dtype = torch.bfloat16, layer: in
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    from onelayer.training.layers import find_decoder_blocks
+    from onelayer.agents.models import find_decoder_blocks
 
     path, blocks = find_decoder_blocks(model)
     layer = len(blocks) // 2 if layer is None else layer

@@ -33,7 +33,7 @@ import numpy as np
 
 from onelayer.benchmarks.contribution import bootstrap_mean_ci, contribution_over_seeds
 from onelayer.benchmarks.sweep import SPEC_FILE, Job, SweepSpec, log_stderr, preset_spec, run_sweep
-from onelayer.benchmarks.sweep_results import JobResult, load_results
+from onelayer.benchmarks.sweep_results import JobResult, load_results, write_ranking
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json, atomic_write_text
 
@@ -117,6 +117,7 @@ def plan_compare(sweep_dir: str | Path, methods: list[str], domains: list[str] |
     if not spec_file.is_file():
         raise UserError(f"{sweep_dir} is not a sweep directory (no {SPEC_FILE}): run `onelayer sweep` first")
     meta = json.loads(spec_file.read_text())
+    write_ranking(sweep_dir)  # the ranking the methods' top:K@SWEEP_DIR specs read
     base = SweepSpec.from_dict(meta["spec"])
     if preset is not None:
         ps = SweepSpec.from_dict(preset_spec(preset))

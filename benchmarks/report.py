@@ -34,6 +34,7 @@ from onelayer.benchmarks.sweep_results import (
     load_results,
     lr_scales_of,
     primary_lr_scale,
+    write_ranking,
 )
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json, atomic_write_text, read_jsonl
@@ -415,6 +416,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     results = load_results(sweep_dir)
     if not results:
         raise UserError(f"{sweep_dir} has no finished job yet")
+    write_ranking(sweep_dir)  # the layer ranking top:K@SWEEP_DIR reads
     num_layers = int(meta.get("num_layers") or 1)
     rows = build_rows(results)
     out = sweep_dir / "report"

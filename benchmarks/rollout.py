@@ -31,7 +31,7 @@ def bench_prompts(tokenizer, batch: int, group: int = GROUP) -> list[list[int]]:
     """``batch`` prompts: distinct math tasks, each repeated ``min(group, batch)`` times."""
     import gymnasium as gym
 
-    import onelayer  # noqa: F401  (registers env ids)
+    import onelayer.envs  # noqa: F401  (registers env ids)
     from onelayer.agents.prompts import PromptBuilder
 
     builder = PromptBuilder.for_domain(tokenizer, "onelayer/Math-v0")

@@ -46,6 +46,7 @@ from onelayer.benchmarks.sweep_results import (
     load_results,
     results_path,
     scale_suffix,
+    write_ranking,
 )
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
 from onelayer.envs.domain import domain_spec
@@ -518,8 +519,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log
             append_result(sweep_dir, r)
             gc.collect()  # the finished job's trainer, optimizer state and envs
             log(f"[{i}/{len(todo)}] {job.id}: {_fmt_scores(r.scores)} ({time.time() - t:.0f} s)")
+            write_ranking(sweep_dir)  # top:K@SWEEP_DIR reads it; current after every job
     else:
         _run_ray(spec, todo, sweep_dir, log)
+    write_ranking(sweep_dir)
     return load_results(sweep_dir)
 
 

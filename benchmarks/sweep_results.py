@@ -181,3 +181,49 @@ def layer_ranking(sweep_dir: str | Path, domain: str) -> dict[int, float]:
                             "contribution (|S_full - S_base| < 0.01); train longer or with a larger lr")
         ranking[r.layer] = c
     return ranking
+
+
+RANKING_FILE = "ranking.json"
+
+
+def write_ranking(sweep_dir: str | Path) -> Path | None:
+    """Write ``SWEEP_DIR/ranking.json``: each domain's layers ranked by measured contribution.
+
+    The layout is a probe's (``methods.METHOD.{scores, ranking, seconds}``, ranking best
+    first), one entry per domain with the env it trained on, and the sha256 of the
+    results.jsonl it was computed from (a reader refuses a stale one); a domain that cannot be
+    ranked yet (no single-layer or full run, too small a full-parameter gain) records why
+    under ``error``. Training reads this file for ``--layers top:K@SWEEP_DIR`` (it never
+    imports the sweep code). None when the directory holds no results.
+    """
+    import json
+
+    from onelayer.envs.domain import domain_spec
+    from onelayer.io import atomic_write_json
+
+    results = load_results(sweep_dir)
+    if not results:
+        return None
+    spec_path = Path(sweep_dir) / "sweep.json"
+    stored = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    domains = {}
+    for domain in dict.fromkeys(r.domain for r in results):
+        try:
+            env = domain_spec(domain).env_id
+        except UserError:
+            env = None  # a plugin env that is not loaded now: its ranking still stands
+        entry: dict = {"env": env}
+        try:
+            ranking = layer_ranking(sweep_dir, domain)
+            order = sorted(ranking, key=lambda layer: (-ranking[layer], layer))
+            entry["methods"] = {"contribution": {"scores": {str(k): v for k, v in sorted(ranking.items())},
+                                                 "ranking": order, "seconds": None}}
+        except UserError as e:
+            entry["error"] = str(e)
+        domains[domain] = entry
+    import hashlib
+
+    digest = hashlib.sha256(results_path(sweep_dir).read_bytes()).hexdigest()
+    return atomic_write_json(Path(sweep_dir) / RANKING_FILE, {
+        "model": stored.get("spec", {}).get("model"), "num_layers": stored.get("num_layers"),
+        "results_sha256": digest, "domains": domains})

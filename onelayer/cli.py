@@ -203,10 +203,24 @@ def _config_from_flags(config: Path | None, flags: dict, resume: bool = False):
         raise UserError(f"bad option value: {e}") from None
 
 
+def _refresh_rankings(texts: list) -> None:
+    """Bring SWEEP_DIR/ranking.json up to date for every ``top:K@SWEEP_DIR`` / ``bottom:K@SWEEP_DIR`` named."""
+    import re
+    from pathlib import Path as _Path
+
+    from onelayer.benchmarks.sweep_results import RESULTS_FILE, write_ranking
+
+    for text in texts:
+        for d in re.findall(r"(?:top|bottom):\d+@([^,=\s]+)", str(text or "")):
+            if (_Path(d) / RESULTS_FILE).is_file():
+                write_ranking(d)
+
+
 def _train_impl(*, config=None, resume=False, quiet=False, **flags):
     from onelayer.training.trainer import Trainer
 
     cfg = _config_from_flags(config, flags, resume)
+    _refresh_rankings([cfg.layers, cfg.layer_lr or ""])
     if quiet:  # no weight-loading bar either: the output is the result line (or one error line)
         from transformers.utils import logging as hf_logging
 

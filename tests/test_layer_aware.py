@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_trainer import _load, tiny_config
 
-from onelayer.benchmarks.sweep_results import JobResult, append_result
+from onelayer.benchmarks.sweep_results import JobResult, append_result, write_ranking
 from onelayer.errors import UserError
 from onelayer.training.layers import parse_layer_spec, rank_layers, resolve_ranked_spec
 from onelayer.training.optim import parse_layer_lr
@@ -39,6 +39,7 @@ def build_sweep(path, domains=("math",)):
         append_result(path, _row("code", "full", "all", 0.30))
         for layer, score in CODE_LAYER_SCORES.items():
             append_result(path, _row("code", "layer", str(layer), score, layer))
+    write_ranking(path)  # as a sweep does after each job
     return path
 
 
@@ -86,6 +87,12 @@ def test_ranked_spec_fails_clearly_without_the_domain_or_the_sweep(tmp_path):
         resolve_ranked_spec(f"top:2@{missing}", "math")
     with pytest.raises(UserError, match="ranks only 4 layers"):
         resolve_ranked_spec(f"top:5@{sweep}", "math")
+    append_result(sweep, _row("math", "layer", "9", 0.9, 9))  # results moved on: the stored ranking is stale
+    with pytest.raises(UserError, match="ranking.json is older than the sweep's results: run `onelayer report"):
+        resolve_ranked_spec(f"top:2@{sweep}", "math")
+    (sweep / "ranking.json").unlink()
+    with pytest.raises(UserError, match="has no ranking.json: run `onelayer report"):
+        resolve_ranked_spec(f"top:2@{sweep}", "math")
     for bad in ("top:x@dir", "top:0@dir", "top:3@", "top:3"):
         with pytest.raises(UserError, match="top:K@SWEEP_DIR"):
             parse_layer_spec(bad, 30)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from onelayer.agents.models import find_decoder_blocks  # noqa: F401  (re-exported: selections name blocks)
 from onelayer.errors import UserError
 
 # Common names for a block's sub-modules, so `15.attn` works across families.
@@ -91,33 +92,6 @@ def _compact(indices: list[int]) -> str:
     if len(indices) > 2 and indices == list(range(indices[0], indices[-1] + 1)):
         return f"{indices[0]}-{indices[-1]}"
     return ",".join(map(str, indices))
-
-
-def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return (dotted path, ModuleList) of the model's decoder blocks.
-
-    Looks for the ModuleList whose length equals ``config.num_hidden_layers``
-    (or, without a config, the longest ModuleList of same-class modules).
-    """
-    expected = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    candidates: list[tuple[str, nn.ModuleList]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            kinds = {type(m) for m in module}
-            if len(kinds) == 1:
-                candidates.append((name, module))
-    if expected is not None:
-        matching = [c for c in candidates if len(c[1]) == expected]
-        if matching:
-            # The shallowest match is the stack itself (not a list nested inside a block).
-            return min(matching, key=lambda c: c[0].count("."))
-    if candidates and expected is None:
-        return max(candidates, key=lambda c: len(c[1]))
-    raise UserError(
-        f"cannot find the decoder blocks of {type(model).__name__}: onelayer needs a decoder-only "
-        "model whose blocks form an nn.ModuleList (Llama, Qwen2/3, Mistral, Gemma, Phi, ...); "
-        "select parameters by name instead with --layers 're:PATTERN'"
-    )
 
 
 def _resolve_index(token: str, num_layers: int, spec: str) -> int:
@@ -210,17 +184,50 @@ class RankedLayers:
                    {int(i): float(c) for i, c in d["ranking"].items()})
 
 
-def resolve_ranked_spec(spec: str, domain: str) -> RankedLayers:
-    """Resolve ``top:K@DIR`` / ``bottom:K@DIR`` with the sweep's layer ranking for ``domain``."""
+RANKING_FILE = "ranking.json"
+
+
+def read_ranking(sweep_dir: str, domain: str, spec: str = "") -> dict[int, float]:
+    """A domain's layer scores from ``SWEEP_DIR/ranking.json`` (which sweeps and ``onelayer report`` write).
+
+    Layout: ``{"model", "num_layers", "domains": {DOMAIN: {"env", "methods": {METHOD: {"scores": {layer: value},
+    "ranking": [...], "seconds"}}} or {"error": why}}}``; the sweep's method is ``contribution``.
+    """
+    import hashlib
+    import json
     from pathlib import Path
 
-    from onelayer.benchmarks.sweep_results import layer_ranking
+    path = Path(sweep_dir) / RANKING_FILE
+    if not path.is_file():
+        raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} has no {RANKING_FILE}: run `onelayer report "
+                        f"{sweep_dir}` (sweeps write it as jobs finish)")
+    try:
+        data = json.loads(path.read_text())
+        domains = data["domains"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}): run `onelayer report {sweep_dir}` to rewrite it") from None
+    results = Path(sweep_dir) / "results.jsonl"
+    if results.is_file() and data.get("results_sha256") != hashlib.sha256(results.read_bytes()).hexdigest():
+        raise UserError(f"layer spec {spec!r}: {path} is older than the sweep's results: run `onelayer report "
+                        f"{sweep_dir}` to bring it up to date")
+    entry = domains.get(domain)
+    if entry is None:
+        raise UserError(f"sweep {sweep_dir} has no single-layer results for domain {domain!r} (it has: "
+                        f"{', '.join(domains) or 'none'}); use --rank-domain or sweep that domain")
+    if entry.get("error"):
+        raise UserError(entry["error"])
+    return {int(k): float(v) for k, v in entry["methods"]["contribution"]["scores"].items()}
+
+
+def resolve_ranked_spec(spec: str, domain: str) -> RankedLayers:
+    """Resolve ``top:K@DIR`` / ``bottom:K@DIR`` with the sweep's layer ranking for ``domain`` (its ranking.json)."""
+    from pathlib import Path
 
     which, k, sweep_dir = _parse_ranked(spec)
     if not Path(sweep_dir).is_dir():
         raise UserError(f"layer spec {spec!r}: sweep directory {sweep_dir} does not exist "
                         f"(run `onelayer sweep --out {sweep_dir}` first, or fix the path)")
-    ranking = layer_ranking(sweep_dir, domain)
+    ranking = read_ranking(sweep_dir, domain, spec)
     if k > len(ranking):
         raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} ranks only {len(ranking)} layers for domain "
                         f"{domain!r}; ask for at most {len(ranking)}")

@@ -72,9 +72,14 @@ class _StopForward(Exception):
 class _Passthrough(torch.nn.Module):
     """Stands in for a frozen block whose output is replayed from a cache."""
 
-    def __init__(self, tuple_output: bool):
+    def __init__(self, tuple_output: bool, block: torch.nn.Module | None = None):
         super().__init__()
         self.tuple_output = tuple_output
+        # The model's loop may read per-block attributes (transformers 4.x Qwen3 picks each block's
+        # mask by ``attention_type``): the stand-in carries the replaced block's plain attributes.
+        for name, value in (vars(block).items() if block is not None else ()):
+            if not name.startswith("_") and isinstance(value, (str, int, float, bool, type(None))):
+                setattr(self, name, value)
 
     def forward(self, hidden_states, *args, **kwargs):
         return (hidden_states,) if self.tuple_output else hidden_states
@@ -130,7 +135,7 @@ class LowerStack:
             return args, kwargs
 
         for i in range(self.first):
-            self.blocks[i] = _Passthrough(bool(self._tuple_output))
+            self.blocks[i] = _Passthrough(bool(self._tuple_output), self.blocks[i])
         handle = self.blocks[self.first].register_forward_pre_hook(feed, with_kwargs=True)
         try:
             yield

@@ -947,9 +947,13 @@ def _progress(total: int, start: int, enabled: bool):
 
 
 def _version() -> str:
-    from onelayer import __version__
+    """The installed onelayer's version (read from its metadata: training sits below the top package)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("onelayer")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def train(config: TrainConfig | dict | None = None, resume: bool = False, progress: bool = True, model=None,

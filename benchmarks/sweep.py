@@ -454,7 +454,7 @@ def _onelayer_version() -> str:
 
 def validate_spec(spec: SweepSpec) -> None:
     """Everything checkable before loading the model."""
-    from onelayer.training.advantages import ALGORITHMS
+    from onelayer.training.advantages import ESTIMATORS as ALGORITHMS
 
     if not spec.domains:
         raise UserError("--domains needs at least one domain: math, code, agentic or a registered env id")

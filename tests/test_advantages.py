@@ -37,3 +37,33 @@ def test_no_signal_groups_counts_all_equal_groups():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         grpo_advantages([1.0, 2.0], [0])
+
+
+def test_estimators_are_registry_entries_the_trainer_looks_up_by_name():
+    from types import SimpleNamespace
+
+    from onelayer.agents.trajectory import Step, Trajectory
+    from onelayer.training.advantages import ALGORITHMS, ESTIMATORS, register_adv_est
+
+    assert set(ALGORITHMS) == {"gigpo", "grpo", "drgrpo"} and set(ALGORITHMS) <= set(ESTIMATORS)
+
+    def traj(group, reward):
+        t = Trajectory(group=group, sample=0, task_id=str(group))
+        t.steps.append(Step(prompt_ids=[1], response_ids=[2, 3], logprobs=[0.0, 0.0], response_text="x", reward=reward,
+                            anchor="s0"))
+        return t
+
+    trajs = [traj(0, 1.0), traj(0, 0.0), traj(1, 1.0), traj(1, 1.0)]
+    adv, _ = ESTIMATORS["drgrpo"](trajs, SimpleNamespace())
+    assert [a.tolist() for a in adv] == [[0.5], [-0.5], [0.0], [0.0]]  # R_i - mean(R_group), no std
+
+    @register_adv_est("test-constant")
+    def constant(trajs, config):
+        return [np.ones(t.length) for t in trajs], {"constant": 1}
+
+    try:
+        assert ESTIMATORS["test-constant"] is constant
+        with pytest.raises(ValueError, match="already registered"):
+            register_adv_est("test-constant")(lambda trajs, config: ([], {}))
+    finally:
+        ESTIMATORS.pop("test-constant")

@@ -171,7 +171,64 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[..., np.ndarray]] = {
     "drgrpo": drgrpo_advantages,
 }
 
-ALGORITHMS = ("gigpo", "grpo", "drgrpo")
+# ------------------------------------------------------------------ the registry the trainer uses
+BatchEstimator = Callable[..., "tuple[list[np.ndarray], dict]"]
+"""``(trajs, config) -> (one per-step advantage array per trajectory, diagnostics)``."""
+ESTIMATORS: dict[str, BatchEstimator] = {}
+
+
+def register_adv_est(name: str) -> Callable[[BatchEstimator], BatchEstimator]:
+    """Register a batch advantage estimator under ``name`` (verl's ``register_adv_est`` pattern).
+
+    The function takes the batch's trajectories (``agents.trajectory.Trajectory``: ``group``,
+    ``episode_return``, ``steps`` with ``reward`` and ``anchor``) and the run's TrainConfig, and
+    returns one array of per-step advantages per trajectory plus a dict of diagnostics.
+    """
+    def wrap(fn: BatchEstimator) -> BatchEstimator:
+        if name in ESTIMATORS and ESTIMATORS[name] is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _outcome(estimator: Callable[..., np.ndarray]) -> BatchEstimator:
+    """One advantage per trajectory from its return, broadcast to its steps (GRPO, Dr. GRPO)."""
+    def batch(trajs, config) -> tuple[list[np.ndarray], dict]:
+        adv = estimator([t.episode_return for t in trajs], [t.group for t in trajs])
+        return [np.full(t.length, a) for t, a in zip(trajs, adv)], {}
+
+    batch.__doc__ = estimator.__doc__
+    return batch
+
+
+@register_adv_est("gigpo")
+def gigpo_batch(trajs, config) -> tuple[list[np.ndarray], dict]:
+    """GiGPO on a batch: episode-level plus step-level (anchor group) advantages, per step.
+
+    Anchors are the steps' observation keys, or the env's true-state keys with ``anchor="state"``.
+    """
+    c = config
+    flat = [(t.group, e, (s.state_anchor if c.anchor == "state" and s.state_anchor is not None else s.anchor), s.reward)
+            for e, t in enumerate(trajs) for s in t.steps]
+    if not flat:
+        return [np.zeros(0) for _ in trajs], {}
+    groups, episodes, anchors, rewards = zip(*flat)
+    adv, _, _, keys = gigpo_advantages(groups, episodes, anchors, rewards, gamma=c.gamma, omega=c.omega,
+                                       mode=c.gigpo_mode, similarity_threshold=c.similarity_threshold,
+                                       episode_stats=c.episode_stats, return_parts=True)
+    out, pos = [], 0
+    for t in trajs:
+        out.append(np.asarray(adv[pos : pos + t.length]))
+        pos += t.length
+    return out, step_group_stats(keys)
+
+
+register_adv_est("grpo")(_outcome(grpo_advantages))
+register_adv_est("drgrpo")(_outcome(drgrpo_advantages))
+
+ALGORITHMS = tuple(ESTIMATORS)
 
 # Default loss aggregation per algorithm (verl's loss_agg_mode names).
 DEFAULT_LOSS_AGG = {

@@ -188,7 +188,7 @@ class TrainConfig:
         """The loss aggregation in effect."""
         from onelayer.training.advantages import DEFAULT_LOSS_AGG
 
-        return self.loss_agg or DEFAULT_LOSS_AGG[self.algo]
+        return self.loss_agg or DEFAULT_LOSS_AGG.get(self.algo, "token-mean")
 
     def default_out(self) -> str:
         """Default run directory name."""
@@ -199,7 +199,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise UserError naming the first bad value (everything checkable before loading the model)."""
         from onelayer.envs import check_env_id
-        from onelayer.training.advantages import ALGORITHMS
+        from onelayer.training.advantages import ESTIMATORS as ALGORITHMS
         from onelayer.training.layers import check_layer_spec
         from onelayer.training.losses import LOSS_AGG_MODES
 

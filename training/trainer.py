@@ -42,7 +42,7 @@ from onelayer.errors import TrainingError, UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
 from onelayer.training import distributed as fsdp
-from onelayer.training.advantages import ADVANTAGE_ESTIMATORS, gigpo_advantages, step_group_stats
+from onelayer.training.advantages import ESTIMATORS
 from onelayer.training.config import TrainConfig
 from onelayer.training.insert import insert_block
 from onelayer.training.layers import (
@@ -414,27 +414,12 @@ class Trainer:
     def advantages(self, trajs: list[Trajectory]) -> tuple[list[np.ndarray], dict]:
         """Per-step advantages for every trajectory (one array each) and estimator diagnostics.
 
-        GRPO / Dr. GRPO: one advantage per trajectory from its return, broadcast to its steps.
-        GiGPO: episode-level plus step-level (anchor groups) advantages, per step.
-        Groups are the tasks of the batch (``Trajectory.group``).
+        The estimator is the registered one of ``config.algo`` (training/advantages.py): GRPO /
+        Dr. GRPO give one advantage per trajectory from its return, broadcast to its steps;
+        GiGPO adds step-level (anchor group) advantages. Groups are the batch's tasks
+        (``Trajectory.group``).
         """
-        c = self.config
-        if c.algo != "gigpo":
-            adv = ADVANTAGE_ESTIMATORS[c.algo]([t.episode_return for t in trajs], [t.group for t in trajs])
-            return [np.full(t.length, a) for t, a in zip(trajs, adv)], {}
-        flat = [(t.group, e, (s.state_anchor if c.anchor == "state" and s.state_anchor is not None else s.anchor), s.reward)
-                for e, t in enumerate(trajs) for s in t.steps]
-        if not flat:
-            return [np.zeros(0) for _ in trajs], {}
-        groups, episodes, anchors, rewards = zip(*flat)
-        adv, _, _, keys = gigpo_advantages(groups, episodes, anchors, rewards, gamma=c.gamma, omega=c.omega,
-                                           mode=c.gigpo_mode, similarity_threshold=c.similarity_threshold,
-                                           episode_stats=c.episode_stats, return_parts=True)
-        out, pos = [], 0
-        for t in trajs:
-            out.append(np.asarray(adv[pos : pos + t.length]))
-            pos += t.length
-        return out, step_group_stats(keys)
+        return ESTIMATORS[self.config.algo](trajs, self.config)
 
     @contextlib.contextmanager
     def _reference_weights(self):

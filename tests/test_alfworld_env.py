@@ -40,7 +40,10 @@ def test_check_env_passes(games):
 
     env = gym.make("onelayer/ALFWorld-v0", data_path=str(games))
     check_env(env.unwrapped, skip_render_check=True)
-    assert env.unwrapped.metadata["onelayer_domain"] == "agentic"
+    from onelayer.envs.domain import domain_spec
+
+    spec = domain_spec("onelayer/ALFWorld-v0")  # what the harness reads from the env's metadata
+    assert (spec.name, spec.actions, spec.metric, spec.invalid_action_penalty) == ("agentic", True, "success_rate", 0.1)
     assert env.spec.max_episode_steps == 50 and env.unwrapped.num_tasks == 12
 
 

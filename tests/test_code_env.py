@@ -48,7 +48,11 @@ def test_registered_with_the_code_domain_and_a_four_step_limit():
     assert ENVS["onelayer/Code-v0"].domain == "code"
     env = make()
     assert env.spec.max_episode_steps == 4
-    assert env.unwrapped.metadata == {"render_modes": [], "onelayer_domain": "code"}
+    from onelayer.envs.domain import domain_spec
+
+    spec = domain_spec("onelayer/Code-v0")  # declared in the env's metadata["onelayer"]
+    assert (spec.name, spec.metric, spec.multi_turn, spec.actions, spec.answer) == ("code", "pass@1", True, False, "code")
+    assert spec.train["env_kwargs"] == {"dataset": "humaneval"} and spec.suite == "humaneval"
 
 
 def test_humaneval_splits_are_disjoint_stable_and_cover_all_164():

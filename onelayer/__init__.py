@@ -1,7 +1,7 @@
 """onelayer: layer-targeted reinforcement learning for LLM agents.
 
-``import onelayer`` registers every onelayer env id with Gymnasium and the built-in
-evaluation suites, then imports the plugins: the module of every installed
+``import onelayer`` registers every onelayer env id with Gymnasium (the built-in suites
+register when ``onelayer.benchmarks.suites`` is first imported), then imports the plugins: the module of every installed
 ``onelayer.plugins`` entry point, and the modules named in ``$ONELAYER_PLUGINS``
 (comma-separated; the CLI's ``--plugin`` sets it so that worker processes load them
 too). The folders of the repository are installed as sub-packages of this namespace:

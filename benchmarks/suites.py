@@ -38,12 +38,10 @@ from onelayer import plugins
 from onelayer.agents.engine import RolloutEngine
 from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
 from onelayer.agents.prompts import PromptBuilder
+from onelayer.envs import check_env_id
 from onelayer.envs.alfworld_gen import EASY_HIDDEN_COMMANDS
-from onelayer.envs.domain import domain_spec, env_class, resolve_env_id
+from onelayer.envs.domain import METRICS, domain_spec, env_class
 from onelayer.errors import DataMissing, UserError
-
-METRICS = ("accuracy", "success_rate", "pass@1")
-"""A suite's primary metric: accuracy (single-turn), success_rate (episodes), pass@1 (code; ``k`` adds pass@k)."""
 
 
 class SuiteDataMissing(DataMissing):
@@ -112,9 +110,7 @@ def register_suite(name: str, *, env_id: str, num_items: int | None, metric: str
     """
     if not isinstance(name, str) or not name.strip() or "," in name or "=" in name:
         raise UserError(f"suite name {name!r} must be a non-empty string without ',' or '='")
-    if env_id not in gym.registry:
-        resolve_env_id(env_id)  # names the registered ids
-        raise UserError(f"suite {name}: {env_id!r} is a domain name; give the env id {resolve_env_id(env_id)}")
+    check_env_id(env_id)
     if metric not in METRICS:
         raise UserError(f"suite {name}: metric {metric!r} is not one of {', '.join(METRICS)}")
     ks = tuple(k) if k else (1,)

@@ -70,13 +70,12 @@ register(
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise UserError naming the registered ids when ``env_id`` is not registered with Gymnasium."""
+    """Raise UserError naming the registered ids when ``env_id`` is not a registered Gymnasium id."""
     if env_id not in gym.registry:
         from onelayer.envs.domain import resolve_env_id
+        from onelayer.errors import UserError
 
-        resolve_env_id(env_id)  # names the domains and registered ids
-        from onelayer.errors import UserError  # a domain name (math) is not an env id
-
+        # unknown: resolve_env_id names the domains and registered ids; a domain name (math) is not an env id
         raise UserError(f"{env_id!r} is a domain name, not an env id: use {resolve_env_id(env_id)}")
 
 

@@ -14,7 +14,6 @@ selection alone.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -34,7 +33,6 @@ from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_en
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
-from onelayer.agents.scoring import action_log_probs
 from onelayer.agents.trajectory import Trajectory
 from onelayer.agents.weight_sync import trained_tensors
 from onelayer.envs.domain import domain_spec
@@ -44,6 +42,8 @@ from onelayer.training import checkpoint as ckpt
 from onelayer.training import distributed as fsdp
 from onelayer.training.advantages import ESTIMATORS
 from onelayer.training.config import TrainConfig
+from onelayer.training.engine_logprobs import EngineLogprobs
+from onelayer.training.fsdp_hooks import FSDPHooks, SingleProcess
 from onelayer.training.insert import insert_block
 from onelayer.training.layers import (
     LayerSelection,
@@ -55,10 +55,8 @@ from onelayer.training.layers import (
     resolve_ranked_spec,
     select_parameters,
 )
-from onelayer.training.logprob_check import LogprobMismatch, logprob_mismatch, place_response_values
-from onelayer.training.logprobs import LowerStack, response_logprobs
+from onelayer.training.logprobs import LowerStack
 from onelayer.training.lora import attach_lora, lora_selection, plan_lora
-from onelayer.training.losses import agg_norm, aggregate, kl_k3, ppo_clip_token_loss
 from onelayer.training.memory import checkpoint_blocks, keep_fp32_master
 from onelayer.training.optim import (
     build_param_groups,
@@ -67,6 +65,8 @@ from onelayer.training.optim import (
     parse_layer_lr,
     single_layer_scale,
 )
+from onelayer.training.ppo import ppo_update
+from onelayer.training.rows import RowLogprobs, rows_from
 
 # Options that may differ when resuming (everything else must match the stored run).
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "save_total_limit", "report_to", "eval_size", "device"}
@@ -88,19 +88,6 @@ class RunResult:
     metrics: list[dict]
 
 
-@dataclass
-class _Row:
-    """One LLM call of a rollout, ready for the loss."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-    advantage: float
-    engine_logprobs: list[float] | None = None  # the engine's sampling log-probs of response_ids
-    padding: bool = False  # FSDP: a stand-in row (no tokens count) so every rank runs as many passes
-    candidates: list[list[int]] | None = None  # score action format: every admissible action's tokens
-    choice: int | None = None  # score action format: the chosen candidate
-
-
 def _load_reward_funcs(specs: list[str]):
     funcs = []
     for spec in specs:
@@ -119,8 +106,6 @@ class Trainer:
         config.validate()
         self.dist = fsdp.init_distributed(config.device, config.num_tasks) if config.fsdp else None
         self._main = self.dist is None or self.dist.is_main  # the process that writes the run directory
-        self._row_hidden: dict[int, torch.Tensor] = {}
-        self._lp_pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (trainer, engine) log-probs
         self.config = config
         self.run_dir = Path(config.out or config.default_out())
         if model is None:
@@ -151,6 +136,8 @@ class Trainer:
         if self.dist is not None:  # FSDP replaces every parameter by its shard (a DTensor): select them again
             fsdp.shard_model(model, find_decoder_blocks(model)[1])
             self.params = [p for _, p in model.named_parameters() if p.requires_grad]
+        # What FSDP does differently (batch-wide sums and norms, gathered weights, rank 0 writes) sits behind these hooks.
+        self.ranks = FSDPHooks(model, self.dist) if self.dist is not None else SingleProcess(model)
         self.param_names = list(self.selection.param_names)
         self.lr_scale = single_layer_scale(self.selection, config.single_layer_lr_scale) if self.lora is None else 1.0
         self.param_groups = build_param_groups(model, self.selection, config.lr * self.lr_scale,
@@ -172,6 +159,7 @@ class Trainer:
         if self.scoring and not callable(getattr(self.engine, "score_actions", None)):
             raise UserError(f"action_format score needs an engine that scores candidate actions; the {config.engine} "
                             "engine only generates: use --engine hf or another action format")
+        self.engine_logprobs = EngineLogprobs(config.logprob_tolerance, self.scoring)
         self.parse_actions = self.domain_spec.actions
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
                                 else self.domain_spec.invalid_action_penalty)
@@ -421,255 +409,18 @@ class Trainer:
         """
         return ESTIMATORS[self.config.algo](trajs, self.config)
 
-    @contextlib.contextmanager
-    def _reference_weights(self):
-        """Temporarily put the initial values back into the trained tensors (the frozen reference policy)."""
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in self.params]
-            for p, r in zip(self.params, self.ref_values):
-                p.copy_(r)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.copy_(s)
-
-    def _batch_tensors(self, rows: list[_Row]):
-        device = next(self.model.parameters()).device
-        adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None].to(device)
-        if self.scoring:  # one "token" per step: the action; _logprobs packs the candidates itself
-            resp = torch.tensor([[0.0 if r.padding else 1.0] for r in rows], dtype=torch.float32)
-            return None, None, resp.to(device), adv
-        width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-        pad = self.engine.pad_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        resp = torch.zeros((len(rows), width), dtype=torch.float32)
-        for i, r in enumerate(rows):
-            seq = r.prompt_ids + r.response_ids
-            ids[i, : len(seq)] = torch.tensor(seq)
-            attn[i, : len(seq)] = 1
-            resp[i, len(r.prompt_ids) : len(seq)] = 0.0 if r.padding else 1.0
-        return ids.to(device), attn.to(device), resp.to(device), adv
-
-    def _logprobs(self, ids, attn, resp, idx: list[int] | None = None):
-        """Response log-probs; rows ``idx`` of the batch replay cached lower-block output when available.
-
-        score format: (rows, 1) tensors, log pi(chosen action | s) and the entropy of pi(. | s), for rows ``idx``
-        of the batch being updated.
-        """
-        if self.scoring:
-            rows = [self._rows[i] for i in idx]
-            lps = action_log_probs(self.model, [r.prompt_ids for r in rows], [r.candidates for r in rows],
-                                   self.engine.pad_id, temperature=self.config.temperature,
-                                   chunk_size=self.config.logprob_chunk_size)
-            lp = torch.stack([row[r.choice] for row, r in zip(lps, rows)])[:, None]
-            ent = torch.stack([-(row.exp() * row).sum() for row in lps]).detach()[:, None]
-            return lp, ent
-        hidden = None
-        if self.lower is not None and idx is not None and idx and all(i in self._row_hidden for i in idx):
-            hidden = torch.zeros((len(idx), ids.shape[1], self._row_hidden[idx[0]].shape[-1]),
-                                 dtype=self._row_hidden[idx[0]].dtype, device=ids.device)
-            for j, i in enumerate(idx):
-                h = self._row_hidden[i]
-                hidden[j, : h.shape[0]] = h
-        return response_logprobs(self.model, ids, attn, resp, self.config.temperature, self.config.logprob_chunk_size,
-                                 lower=self.lower if hidden is not None else None, lower_hidden=hidden)
-
     def update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
         """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics.
 
         ``adv`` holds one array per trajectory with one advantage per step; each step's
-        response tokens get that step's advantage.
+        response tokens get that step's advantage (training/ppo.py has the update itself).
         """
-        # FSDP: the log-prob pass calls the decoder body and the (chunked) head directly, not the root
-        # module, so the root's own tensors (embeddings, final norm, head) stay gathered for the update.
-        with fsdp.root_weights(self.model) if self.dist is not None else contextlib.nullcontext():
-            return self._update(trajs, adv)
-
-    def _update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
-        c = self.config
-        rows = [_Row(s.prompt_ids, s.response_ids, float(a), s.logprobs, candidates=s.candidates, choice=s.choice)
-                for t, a_t in zip(trajs, adv) for s, a in zip(t.steps, a_t) if s.response_ids]
-        if self.dist is not None:
-            rows = self._pad_rows(rows)
-        stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "update_norm": 0.0,
-                 "optimizer_steps": 0}
-        if not rows:
-            return stats
-        mb = c.micro_batch_size
-        # Reference / old-policy log-probs on the whole batch, before any update (no grad);
-        # the frozen lower blocks run here once and their output is kept per row for every later pass.
-        old_lp, ref_lp = [None] * len(rows), [None] * len(rows)
-        self._rows, self._row_hidden, self._lp_pairs = rows, {}, {}
-        need_old = c.num_iterations > 1 or c.use_engine_logprobs  # old log-probs computed up front
-        if need_old or self.ref_values is not None:
-            with torch.no_grad():
-                for s in range(0, len(rows), mb):
-                    idx = list(range(s, min(len(rows), s + mb)))
-                    ids, attn, resp, _ = self._batch_tensors([rows[i] for i in idx])
-                    if self.lower is not None and not self.scoring:
-                        h = self.lower.capture(ids, attn)
-                        for j, i in enumerate(idx):
-                            self._row_hidden[i] = h[j, : int(attn[j].sum())]
-                    if need_old:
-                        lp, _ = self._logprobs(ids, attn, resp, idx)
-                        old_lp[s : s + mb] = list(lp)
-                        self._note_logprobs(rows, idx, lp)
-                    if self.ref_values is not None:
-                        with self._reference_weights():
-                            lp, _ = self._logprobs(ids, attn, resp, idx)
-                        ref_lp[s : s + mb] = list(lp)
-        if c.use_engine_logprobs:
-            old_lp = self._engine_old_logprobs(rows, old_lp, stats)
-        if self._silent(rows) or self.optimizer is None:
-            return self._measure_only(rows, ref_lp, stats)
-
-        n_mini = 1 if c.mini_batch_size is None else (c.num_tasks * c.num_generations) // c.mini_batch_size
-        order = list(range(len(rows)))
-        token_count = clip_count = kl_sum = ent_sum = loss_sum = 0.0
-        grad_norms, update_sq = [], 0.0
-        for _ in range(c.num_iterations):
-            for m in range(n_mini):
-                mini = order[m::n_mini] if n_mini > 1 else order
-                mrows = [rows[i] for i in mini]
-                _, _, mresp, _ = self._batch_tensors(mrows)
-                norm = agg_norm(mresp, c.resolved_loss_agg(), 1.0 if self.scoring else c.max_new_tokens)
-                if self.dist is not None:
-                    norm = self._global_norm(mrows, mresp, norm)
-                self.optimizer.zero_grad(set_to_none=True)
-                if c.beta == 0 and self._silent(mrows):
-                    continue  # this mini-batch carries no signal: no optimizer step
-                for s in range(0, len(mini), mb):
-                    idx = mini[s : s + mb]
-                    chunk = [rows[i] for i in idx]
-                    if self.dist is None and c.beta == 0 and all(r.advantage == 0.0 for r in chunk):
-                        continue  # contributes zero gradient; its tokens still count in `norm` (FSDP: every rank runs every pass)
-                    ids, attn, resp, a = self._batch_tensors(chunk)
-                    lp, ent = self._logprobs(ids, attn, resp, idx)
-                    if stats["optimizer_steps"] == 0:
-                        self._note_logprobs(rows, idx, lp)  # still the sampling policy: compare with the engine
-                    old = _stack([old_lp[i] for i in idx], lp.shape[1]) if need_old else lp.detach()
-                    tok_loss, clipped = ppo_clip_token_loss(lp, old, a, c.epsilon, c.epsilon_high)
-                    if self.ref_values is not None:
-                        ref = _stack([ref_lp[i] for i in idx], lp.shape[1])
-                        kl = kl_k3(lp, ref)
-                        if c.beta > 0:
-                            tok_loss = tok_loss + c.beta * kl
-                        kl_sum += float((kl.detach() * resp).sum())
-                    loss = aggregate(tok_loss, resp, norm)
-                    (loss * self.dist.world_size if self.dist is not None else loss).backward()  # FSDP averages over ranks
-                    loss_sum += float(loss.detach())
-                    token_count += float(resp.sum())
-                    clip_count += float((clipped * resp).sum())
-                    ent_sum += float((ent * resp).sum())
-                if c.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-                elif self.dist is not None:
-                    gn = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-                else:
-                    gn = torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
-                grad_norms.append(float(_full(gn)))
-                before = [p.detach().clone() for p in self.params]
-                self.optimizer.step()
-                stats["optimizer_steps"] += 1
-                with torch.no_grad():
-                    sq = sum(float((_local(p) - _local(b)).pow(2).sum()) for p, b in zip(self.params, before))
-                if self.dist is not None:
-                    sq = fsdp.all_reduce([sq])[0]
-                update_sq += sq
-                if sq == 0.0:
-                    raise TrainingError(
-                        f"the selected weights ({self.selection.describe()}) did not change after an optimizer step "
-                        "with nonzero advantages: training is not happening (check lr, the layer selection and "
-                        "that the loss depends on the trained parameters)")
-        if self.dist is not None:  # batch-wide sums
-            loss_sum, token_count, clip_count, ent_sum, kl_sum = fsdp.all_reduce(
-                [loss_sum, token_count, clip_count, ent_sum, kl_sum])
-        stats.update(loss=loss_sum / max(c.num_iterations, 1), grad_norm=float(np.mean(grad_norms)),
-                     update_norm=update_sq ** 0.5, clip_fraction=clip_count / max(token_count, 1),
-                     entropy=ent_sum / max(token_count, 1), kl=kl_sum / max(token_count, 1))
-        stats.update(self._logprob_mismatch().to_metrics())
-        return stats
-
-    def _pad_rows(self, rows: list[_Row]) -> list[_Row]:
-        """FSDP: pad this rank's rows to the longest rank's count, so every rank runs the same forward/backward passes."""
-        most = int(fsdp.all_reduce([float(len(rows))], op="max")[0])
-        if most == 0:
-            return rows
-        pad = self.engine.pad_id
-        like = rows[0] if rows else _Row([pad], [pad], 0.0, candidates=[[pad]] if self.scoring else None, choice=0)
-        return rows + [_Row(like.prompt_ids, like.response_ids, 0.0, padding=True, candidates=like.candidates,
-                            choice=like.choice) for _ in range(most - len(rows))]
-
-    def _silent(self, rows: list[_Row]) -> bool:
-        """No row has a nonzero advantage (under FSDP: on any rank)."""
-        signal = any(r.advantage != 0.0 for r in rows)
-        if self.dist is not None:
-            signal = fsdp.all_reduce([float(signal)])[0] > 0
-        return not signal
-
-    def _global_norm(self, rows: list[_Row], resp: torch.Tensor, norm):
-        """FSDP: the loss denominators of the whole batch, over every rank (token-mean over the global batch)."""
-        tokens, seqs = fsdp.all_reduce([float(resp.sum()), float(sum(not r.padding for r in rows))])
-        return dataclasses.replace(norm, total_tokens=max(tokens, 1.0), num_seqs=int(seqs))
-
-    def _note_logprobs(self, rows: list[_Row], idx: list[int], lp: torch.Tensor) -> None:
-        """Keep the trainer's log-probs of rows ``idx`` (sampling policy) beside the engine's, once per row."""
-        for j, i in enumerate(idx):
-            r = rows[i]
-            n = 1 if self.scoring else len(r.response_ids)  # score format: one value, log pi(a | s)
-            if i in self._lp_pairs or not r.engine_logprobs or len(r.engine_logprobs) != n:
-                continue
-            p = 0 if self.scoring else len(r.prompt_ids)
-            self._lp_pairs[i] = (lp[j, p : p + n].detach().float(),
-                                 torch.tensor(r.engine_logprobs, dtype=torch.float32, device=lp.device))
-
-    def _logprob_mismatch(self) -> LogprobMismatch:
-        """Engine vs trainer log-probs over every response token noted in this update."""
-        tol = self.config.logprob_tolerance
-        if not self._lp_pairs:
-            return logprob_mismatch(torch.zeros(0), torch.zeros(0), torch.zeros(0), tol)
-        trainer, engine = (torch.cat(x) for x in zip(*self._lp_pairs.values()))
-        return logprob_mismatch(trainer, engine, torch.ones_like(trainer), tol)
-
-    def _engine_old_logprobs(self, rows: list[_Row], old_lp: list, stats: dict) -> list:
-        """The engine's log-probs as PPO's old ones when they match the trainer's within tolerance, else the trainer's."""
-        m = self._logprob_mismatch()
-        usable = m.tokens > 0 and m.mean <= m.tolerance and len(self._lp_pairs) == sum(not r.padding for r in rows)
-        stats["engine_logprobs_used"] = float(usable)
-        if not usable:
-            if not getattr(self, "_warned_logprobs", False):
-                print(f"use_engine_logprobs: the engine's log-probs differ from the trainer's by {m.mean:.4f} per token "
-                      f"(max {m.max:.4f}, tolerance {m.tolerance}): using the trainer's (metric engine_logprobs_used)",
-                      file=sys.stderr)
-                self._warned_logprobs = True
-            return old_lp
-        if self.scoring:
-            return [torch.tensor(r.engine_logprobs, dtype=torch.float32, device=o.device) for r, o in zip(rows, old_lp)]
-        return [place_response_values([len(r.prompt_ids)], [r.engine_logprobs], o.shape[0], o.device)[0]
-                for r, o in zip(rows, old_lp)]
-
-    def _measure_only(self, rows, ref_lp, stats) -> dict:
-        """No learning signal: skip the optimizer step, still report entropy and KL."""
-        tokens = ent_sum = kl_sum = 0.0
-        with torch.no_grad():
-            for s in range(0, len(rows), self.config.micro_batch_size):
-                chunk = rows[s : s + self.config.micro_batch_size]
-                ids, attn, resp, _ = self._batch_tensors(chunk)
-                lp, ent = self._logprobs(ids, attn, resp, list(range(s, s + len(chunk))))
-                self._note_logprobs(rows, list(range(s, s + len(chunk))), lp)
-                tokens += float(resp.sum())
-                ent_sum += float((ent * resp).sum())
-                if self.ref_values is not None:
-                    ref = _stack(ref_lp[s : s + len(chunk)], lp.shape[1])
-                    kl_sum += float((kl_k3(lp, ref) * resp).sum())
-        if self.dist is not None:
-            tokens, ent_sum, kl_sum = fsdp.all_reduce([tokens, ent_sum, kl_sum])
-        stats.update(entropy=ent_sum / max(tokens, 1), kl=kl_sum / max(tokens, 1))
-        stats.update(self._logprob_mismatch().to_metrics())
-        return stats
+        logprobs = RowLogprobs(self.model, self.engine.pad_id, scoring=self.scoring, temperature=self.config.temperature,
+                               chunk_size=self.config.logprob_chunk_size, lower=self.lower)
+        with self.ranks.update_weights():  # FSDP: the root's frozen tensors stay gathered
+            return ppo_update(logprobs, rows_from(trajs, adv), self.config, self.optimizer, self.params,
+                              engine=self.engine_logprobs, ref_values=self.ref_values, ranks=self.ranks,
+                              selection=self.selection.describe())
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self) -> EvalResult:
@@ -865,25 +616,6 @@ def _read_eval(path: Path, fallback: dict | None) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         print(f"warning: {path} is damaged (not valid JSON); the next evaluation rewrites it", file=sys.stderr)
         return fallback
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP parameter (a DTensor); any other tensor as it is."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The full value of a DTensor (e.g. a gradient norm over shards); any other tensor as it is."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _stack(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Stack right-padded per-row tensors computed in batches of other widths to ``width`` columns."""
-    out = torch.zeros((len(rows), width), dtype=rows[0].dtype, device=rows[0].device)
-    for i, r in enumerate(rows):
-        n = min(width, r.shape[0])
-        out[i, :n] = r[:n]
-    return out
 
 
 class _Sinks:

@@ -1,0 +1,121 @@
+"""The update's rows (one LLM call each) and the policy's log-probs over them.
+
+This is the seam between the PPO update (training/ppo.py) and the forward pass
+(training/logprobs.py, agents/scoring.py): the update asks for a micro-batch of
+rows by index and for its log-probs; how they are computed (the chunked LM head,
+the frozen lower blocks replayed from a cache, packed candidate actions) stays here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onelayer.agents.scoring import action_log_probs
+from onelayer.agents.trajectory import Trajectory
+from onelayer.training.logprobs import LowerStack, response_logprobs
+
+
+@dataclass
+class Row:
+    """One LLM call of a rollout, ready for the loss."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    advantage: float
+    engine_logprobs: list[float] | None = None  # the engine's sampling log-probs of response_ids
+    padding: bool = False  # FSDP: a stand-in row (no tokens count) so every rank runs as many passes
+    candidates: list[list[int]] | None = None  # score action format: every admissible action's tokens
+    choice: int | None = None  # score action format: the chosen candidate
+
+
+def rows_from(trajs: list[Trajectory], adv: list[np.ndarray]) -> list[Row]:
+    """One row per step that produced tokens; its tokens get that step's advantage (``adv``: one array per trajectory)."""
+    return [Row(s.prompt_ids, s.response_ids, float(a), s.logprobs, candidates=s.candidates, choice=s.choice)
+            for t, a_t in zip(trajs, adv) for s, a in zip(t.steps, a_t) if s.response_ids]
+
+
+@dataclass
+class MicroBatch:
+    """Rows ``idx`` of the update as right-padded tensors (score format: no token tensors, one column per row)."""
+
+    idx: list[int]
+    ids: torch.Tensor | None  # (rows, T) prompt + response tokens
+    attn: torch.Tensor | None  # (rows, T) 1 on real tokens
+    resp: torch.Tensor  # (rows, T) 1 on the response tokens that count in the loss (0 on padding rows)
+    adv: torch.Tensor  # (rows, 1) each row's advantage
+
+
+class RowLogprobs:
+    """The policy's log-probs over the rows of one update: ``logprobs(batch) -> (logp, entropy)``, both (rows, T).
+
+    Generated text: the log-prob of each response token (training/logprobs.py). Score format:
+    one value per row, log pi(chosen action | s) over the admissible actions, and the entropy
+    of pi(. | s). With a ``lower`` stack, ``capture`` runs the frozen blocks below the lowest
+    trained one once per row and every later pass on that row (old policy, reference, each
+    PPO epoch) replays their output instead of running them again.
+    """
+
+    def __init__(self, model, pad_id: int, *, scoring: bool, temperature: float, chunk_size: int,
+                 lower: LowerStack | None = None):
+        self.model, self.pad_id, self.scoring = model, pad_id, scoring
+        self.temperature, self.chunk_size, self.lower = temperature, chunk_size, lower
+        self.rows: list[Row] = []
+        self._row_hidden: dict[int, torch.Tensor] = {}  # row -> hidden states entering the lowest trained block
+
+    def start(self, rows: list[Row]) -> None:
+        """Work on a new batch of rows (forgets the previous batch's cached hidden states)."""
+        self.rows, self._row_hidden = rows, {}
+
+    def batch(self, idx: list[int]) -> MicroBatch:
+        """Rows ``idx`` as tensors on the model's device."""
+        rows = [self.rows[i] for i in idx]
+        device = next(self.model.parameters()).device
+        adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None].to(device)
+        if self.scoring:  # one "token" per step: the action; __call__ packs the candidates itself
+            resp = torch.tensor([[0.0 if r.padding else 1.0] for r in rows], dtype=torch.float32)
+            return MicroBatch(idx, None, None, resp.to(device), adv)
+        width = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        resp = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            seq = r.prompt_ids + r.response_ids
+            ids[i, : len(seq)] = torch.tensor(seq)
+            attn[i, : len(seq)] = 1
+            resp[i, len(r.prompt_ids) : len(seq)] = 0.0 if r.padding else 1.0
+        return MicroBatch(idx, ids.to(device), attn.to(device), resp.to(device), adv)
+
+    def capture(self, b: MicroBatch) -> None:
+        """Run the frozen lower blocks on ``b`` once and keep their output per row (no-op without a lower stack)."""
+        if self.lower is None or self.scoring:
+            return
+        h = self.lower.capture(b.ids, b.attn)
+        for j, i in enumerate(b.idx):
+            self._row_hidden[i] = h[j, : int(b.attn[j].sum())]
+
+    def __call__(self, b: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies of ``b``'s response tokens (gradients flow into the trained parameters)."""
+        if self.scoring:
+            rows = [self.rows[i] for i in b.idx]
+            lps = action_log_probs(self.model, [r.prompt_ids for r in rows], [r.candidates for r in rows],
+                                   self.pad_id, temperature=self.temperature, chunk_size=self.chunk_size)
+            lp = torch.stack([row[r.choice] for row, r in zip(lps, rows)])[:, None]
+            ent = torch.stack([-(row.exp() * row).sum() for row in lps]).detach()[:, None]
+            return lp, ent
+        hidden = self._cached_hidden(b)
+        return response_logprobs(self.model, b.ids, b.attn, b.resp, self.temperature, self.chunk_size,
+                                 lower=self.lower if hidden is not None else None, lower_hidden=hidden)
+
+    def _cached_hidden(self, b: MicroBatch) -> torch.Tensor | None:
+        """The captured lower-block output of ``b``'s rows, padded to its width; None unless every row has one."""
+        if self.lower is None or not b.idx or not all(i in self._row_hidden for i in b.idx):
+            return None
+        first = self._row_hidden[b.idx[0]]
+        hidden = torch.zeros((len(b.idx), b.ids.shape[1], first.shape[-1]), dtype=first.dtype, device=b.ids.device)
+        for j, i in enumerate(b.idx):
+            h = self._row_hidden[i]
+            hidden[j, : h.shape[0]] = h
+        return hidden

@@ -8,8 +8,11 @@ Spec grammar for ``--layers``::
     12-16       an inclusive range
     middle      block L // 2
     mid:K       the K middle blocks, floor(L/2 - K/2) <= l < floor(L/2 + K/2)
-    top:K@DIR   the K blocks with the highest mean contribution in the sweep DIR
+    top:K@DIR   the K blocks with the highest mean contribution in the sweep DIR, or
+                the highest scores of a probe DIR (``onelayer probe``)
     bottom:K@DIR  the K blocks with the lowest (the control for top:K)
+    top:K@DIR:METHOD  rank by that method of DIR's ranking.json (default: the first
+                listed: a probe's recommended method, a sweep's ``contribution``)
     all         every block
     none        nothing (a no-training control)
     15.mlp      a sub-module of a block (``attn`` / ``mlp`` / ``norm`` or the
@@ -19,16 +22,18 @@ Spec grammar for ``--layers``::
 Embeddings, the final norm and the LM head stay frozen unless named in
 ``also_train`` (``embeddings``, ``final_norm``, ``lm_head``).
 
-``top:K@DIR`` / ``bottom:K@DIR`` depend on a sweep's results and a domain, so
-they are resolved once (:func:`resolve_ranked_spec`) into an explicit list
-before a spec reaches :func:`parse_layer_spec`; a run stores that list and a
-resumed run reuses it without reading the sweep again.
+``top:K@DIR`` / ``bottom:K@DIR`` depend on a sweep's results (or a probe's
+scores) and a domain, so they are resolved once (:func:`resolve_ranked_spec`)
+into an explicit list before a spec reaches :func:`parse_layer_spec`; a run
+stores that list and a resumed run reuses it without reading DIR again.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -111,19 +116,29 @@ def _resolve_index(token: str, num_layers: int, spec: str) -> int:
 
 
 _RANKED = re.compile(r"(top|bottom):(\d+)@(.+)", re.IGNORECASE)
+# ``DIR:METHOD``: a method name after the last colon (no slash in it, so a path never reads as one).
+_METHOD_SUFFIX = re.compile(r"(.+):([A-Za-z][\w-]*)")
 
 
 def is_ranked_spec(spec: str) -> bool:
-    """True for ``top:K@DIR`` / ``bottom:K@DIR`` specs (they need a sweep to resolve)."""
+    """True for ``top:K@DIR`` / ``bottom:K@DIR`` specs (they need a sweep's or a probe's ranking to resolve)."""
     return bool(re.match(r"\s*(top|bottom):", str(spec), re.IGNORECASE))
 
 
-def _parse_ranked(spec: str) -> tuple[str, int, str]:
+def _parse_ranked(spec: str) -> tuple[str, int, str, str | None]:
+    """``(which, K, DIR, METHOD or None)`` of ``top:K@DIR[:METHOD]`` / ``bottom:K@DIR[:METHOD]``.
+
+    A DIR whose own name ends in ``:word`` and exists as a directory is read as DIR (no method).
+    """
     m = _RANKED.fullmatch(str(spec).strip())
     if not m or int(m.group(2)) < 1 or not m.group(3).strip():
         raise UserError(f"bad layer spec {spec!r}: use top:K@SWEEP_DIR or bottom:K@SWEEP_DIR with an integer K >= 1, "
-                        "e.g. top:5@sweeps/qwen3-1.7b")
-    return m.group(1).lower(), int(m.group(2)), m.group(3).strip()
+                        "e.g. top:5@sweeps/qwen3-1.7b (or top:K@PROBE_DIR[:METHOD] for a probe's ranking)")
+    where, method = m.group(3).strip(), None
+    suffix = _METHOD_SUFFIX.fullmatch(where)
+    if suffix and not Path(where).is_dir():
+        where, method = suffix.group(1), suffix.group(2)
+    return m.group(1).lower(), int(m.group(2)), where, method
 
 
 def check_layer_spec(spec: str) -> None:
@@ -149,16 +164,19 @@ def rank_layers(ranking: dict[int, float], k: int, which: str = "top") -> list[i
 
 @dataclass
 class RankedLayers:
-    """A ``top:K@DIR`` / ``bottom:K@DIR`` spec resolved against a sweep."""
+    """A ``top:K@DIR`` / ``bottom:K@DIR`` spec resolved against a sweep's or a probe's ranking."""
 
     spec: str
     which: str
     k: int
     sweep_dir: str
+    """The directory ranked from: a sweep's or a probe's (the name is kept for stored runs)."""
     domain: str
     layers: list[int]
     ranking: dict[int, float]
-    """Mean contribution of every ranked layer (the sweep's state when the run started)."""
+    """Score of every ranked layer (a sweep: mean contribution; a probe: its method's score) when the run started."""
+    method: str = "contribution"
+    """The ranking.json method the layers were ranked by (``contribution``: a sweep's measured C_l)."""
 
     @property
     def explicit(self) -> str:
@@ -167,71 +185,118 @@ class RankedLayers:
 
     def describe(self) -> str:
         """One line for the console."""
-        scores = ", ".join(f"{i}: {self.ranking[i]:.2f}" for i in self.layers)
+        fmt = ".2f" if self.method == "contribution" else ".3g"  # a probe's scores have no common scale
+        scores = ", ".join(f"{i}: {self.ranking[i]:{fmt}}" for i in self.layers)
+        what = "contribution" if self.method == "contribution" else f"probe score {self.method}"
         return (f"{self.spec} -> layers {self.explicit} ({self.which} {self.k} of {len(self.ranking)} ranked for "
-                f"{self.domain!r} in {self.sweep_dir}; contribution {scores})")
+                f"{self.domain!r} in {self.sweep_dir}; {what} {scores})")
 
     def to_dict(self) -> dict:
         """JSON form stored in a run's config (ranking keys become strings)."""
         return {"spec": self.spec, "which": self.which, "k": self.k, "sweep_dir": self.sweep_dir,
-                "domain": self.domain, "layers": self.layers,
+                "domain": self.domain, "layers": self.layers, "method": self.method,
                 "ranking": {str(i): c for i, c in sorted(self.ranking.items())}}
 
     @classmethod
     def from_dict(cls, d: dict) -> RankedLayers:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (runs stored before probes have no ``method``: a sweep's contribution)."""
         return cls(d["spec"], d["which"], int(d["k"]), d["sweep_dir"], d["domain"], [int(i) for i in d["layers"]],
-                   {int(i): float(c) for i, c in d["ranking"].items()})
+                   {int(i): float(c) for i, c in d["ranking"].items()}, d.get("method", "contribution"))
 
 
 RANKING_FILE = "ranking.json"
 
 
-def read_ranking(sweep_dir: str, domain: str, spec: str = "") -> dict[int, float]:
-    """A domain's layer scores from ``SWEEP_DIR/ranking.json`` (which sweeps and ``onelayer report`` write).
+def _method_scores(methods, method: str | None, where: str, spec: str) -> tuple[str, dict[int, float]]:
+    """``(name, {layer: score})`` of ``method`` (None: the first listed) in a ranking.json ``methods`` map."""
+    if not isinstance(methods, dict) or not methods:
+        raise UserError(f"{where} lists no ranking method: rewrite it (`onelayer report` for a sweep, "
+                        "`onelayer probe` for a probe)")
+    name = next(iter(methods)) if method is None else method
+    if name not in methods:
+        raise UserError(f"layer spec {spec!r}: {where} has no method {name!r}; it has: {', '.join(methods)}")
+    try:
+        scores = {int(k): float(v) for k, v in methods[name]["scores"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{where} is damaged (method {name!r}: {type(e).__name__}): rewrite it") from None
+    bad = [k for k, v in scores.items() if not math.isfinite(v)]
+    if bad or not scores:
+        raise UserError(f"{where}: method {name!r} has {'no scores' if not scores else f'non-finite scores for layers {bad}'}: "
+                        "rewrite it")
+    return name, scores
 
-    Layout: ``{"model", "num_layers", "domains": {DOMAIN: {"env", "methods": {METHOD: {"scores": {layer: value},
-    "ranking": [...], "seconds"}}} or {"error": why}}}``; the sweep's method is ``contribution``.
+
+def read_ranking(sweep_dir: str, domain: str, spec: str = "", method: str | None = None) -> dict[int, float]:
+    """A domain's layer scores from ``DIR/ranking.json``: a sweep's (sweeps and ``onelayer report`` write it) or a
+    probe's (``onelayer probe`` writes it). ``method``: the ranking.json method to read (default: the first listed).
+
+    Sweep layout: ``{"model", "num_layers", "results_sha256", "domains": {DOMAIN: {"env", "methods": {METHOD:
+    {"scores": {layer: value}, "ranking": [...], "seconds"}}} or {"error": why}}}``; the sweep's method is
+    ``contribution``, and a ranking older than the sweep's results.jsonl (by its sha256) is refused.
+    Probe layout: ``{"model", "num_layers", "domain", "env", "methods": {METHOD: {...}}}``, one domain; a probe of
+    another domain is refused (it ranked another env's layers).
     """
+    return _read_ranking(sweep_dir, domain, spec, method)[1]
+
+
+def _read_ranking(sweep_dir: str, domain: str, spec: str = "", method: str | None = None) -> tuple[str, dict[int, float]]:
     import hashlib
     import json
-    from pathlib import Path
 
     path = Path(sweep_dir) / RANKING_FILE
     if not path.is_file():
-        raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} has no {RANKING_FILE}: run `onelayer report "
-                        f"{sweep_dir}` (sweeps write it as jobs finish)")
+        if (Path(sweep_dir) / "results.jsonl").is_file() or (Path(sweep_dir) / "sweep.json").is_file():
+            raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} has no {RANKING_FILE}: run `onelayer report "
+                            f"{sweep_dir}` (sweeps write it as jobs finish)")
+        raise UserError(f"layer spec {spec!r}: {sweep_dir} has no {RANKING_FILE}: it is neither a finished probe "
+                        f"(`onelayer probe --out {sweep_dir}` writes one) nor a sweep (`onelayer report {sweep_dir}`)")
     try:
         data = json.loads(path.read_text())
-        domains = data["domains"]
+        if not isinstance(data, dict) or not ("domains" in data or "methods" in data):
+            raise KeyError("domains or methods")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}): run `onelayer report {sweep_dir}` to rewrite it") from None
+        raise UserError(f"{path} is damaged ({type(e).__name__}): rewrite it (`onelayer report {sweep_dir}` for a "
+                        "sweep, `onelayer probe` for a probe)") from None
+    if "methods" in data and "domains" not in data:  # a probe: one domain, several methods
+        ranked = data.get("domain")
+        if not ranked:
+            raise UserError(f"{path} does not say which domain its probe ranked (no 'domain' key): rerun "
+                            "`onelayer probe` to rewrite it")
+        if ranked != domain:
+            raise UserError(f"layer spec {spec!r}: probe {sweep_dir} ranked the layers of domain {ranked!r} "
+                            f"(env {data.get('env')}), not {domain!r}; probe this domain's env, or pass "
+                            f"--rank-domain {ranked} to use that ranking anyway")
+        return _method_scores(data["methods"], method, str(path), spec)
+    domains = data["domains"]
     results = Path(sweep_dir) / "results.jsonl"
     if results.is_file() and data.get("results_sha256") != hashlib.sha256(results.read_bytes()).hexdigest():
         raise UserError(f"layer spec {spec!r}: {path} is older than the sweep's results: run `onelayer report "
                         f"{sweep_dir}` to bring it up to date")
-    entry = domains.get(domain)
+    entry = domains.get(domain) if isinstance(domains, dict) else None
     if entry is None:
         raise UserError(f"sweep {sweep_dir} has no single-layer results for domain {domain!r} (it has: "
                         f"{', '.join(domains) or 'none'}); use --rank-domain or sweep that domain")
     if entry.get("error"):
         raise UserError(entry["error"])
-    return {int(k): float(v) for k, v in entry["methods"]["contribution"]["scores"].items()}
+    return _method_scores(entry.get("methods"), method, f"{path} (domain {domain!r})", spec)
 
 
 def resolve_ranked_spec(spec: str, domain: str) -> RankedLayers:
-    """Resolve ``top:K@DIR`` / ``bottom:K@DIR`` with the sweep's layer ranking for ``domain`` (its ranking.json)."""
-    from pathlib import Path
+    """Resolve ``top:K@DIR[:METHOD]`` / ``bottom:K@DIR[:METHOD]`` with DIR's layer ranking for ``domain``.
 
-    which, k, sweep_dir = _parse_ranked(spec)
+    DIR is a sweep directory (its measured contribution per layer) or a probe directory (``onelayer probe``:
+    METHOD's score per layer, default the method its ranking.json lists first, the recommended one).
+    """
+    which, k, sweep_dir, method = _parse_ranked(spec)
     if not Path(sweep_dir).is_dir():
-        raise UserError(f"layer spec {spec!r}: sweep directory {sweep_dir} does not exist "
-                        f"(run `onelayer sweep --out {sweep_dir}` first, or fix the path)")
-    ranking = read_ranking(sweep_dir, domain, spec)
+        raise UserError(f"layer spec {spec!r}: sweep directory {sweep_dir} does not exist, nor does a probe directory "
+                        f"there (run `onelayer sweep --out {sweep_dir}` or `onelayer probe --out {sweep_dir}` first, "
+                        "or fix the path)")
+    name, ranking = _read_ranking(sweep_dir, domain, spec, method)
     if k > len(ranking):
-        raise UserError(f"layer spec {spec!r}: sweep {sweep_dir} ranks only {len(ranking)} layers for domain "
+        raise UserError(f"layer spec {spec!r}: {sweep_dir} ranks only {len(ranking)} layers for domain "
                         f"{domain!r}; ask for at most {len(ranking)}")
-    return RankedLayers(str(spec).strip(), which, k, sweep_dir, domain, rank_layers(ranking, k, which), ranking)
+    return RankedLayers(str(spec).strip(), which, k, sweep_dir, domain, rank_layers(ranking, k, which), ranking, name)
 
 
 def explicit_spec(spec: str, resolved: dict[str, RankedLayers]) -> str:

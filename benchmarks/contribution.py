@@ -340,3 +340,146 @@ def rank_correlation_matrix(
         (a, b): corr(rankings[a], rankings[b])
         for a, b in itertools.combinations(sorted(rankings), 2)
     }
+
+
+# ----------------------------------------------------------------------------- probe validation (issue 25)
+
+
+def top_k(values: Sequence[float], k: int) -> list[int]:
+    """Positions of the ``k`` largest values, best first; ties go to the lower position (the lower layer)."""
+    a = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((np.arange(len(a)), -a))  # by value descending, then position ascending
+    return [int(i) for i in order[:k]]
+
+
+def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float | None:
+    """``|top_k(x) & top_k(y)| / k``: how many of the k best by ``y`` the k best by ``x`` find.
+
+    None when ``k`` is not below the number of values (every value is in both sets: the overlap says
+    nothing). A ranking drawn at random finds ``k / n`` of them on average.
+    """
+    a, b = _paired(x, y)
+    if not 1 <= k < len(a):
+        return None
+    return len(set(top_k(a, k)) & set(top_k(b, k))) / k
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How well a probe's per-layer scores rank layers as their measured contributions do."""
+
+    n_layers: int
+    """Layers compared (those with a probe score and a measured single-layer run)."""
+    n_seeds: int
+    """Seeds paired across the base, full and every compared layer's runs."""
+    contribution: tuple[float, ...] | None
+    """``C_l`` of each compared layer (ratio of seed means); None when the full gain is too small."""
+    spearman: float | None
+    spearman_ci: tuple[float, float] | None
+    """Percentile bootstrap CI over seeds; None with one seed or when too many resamples are undefined."""
+    kendall: float | None
+    kendall_ci: tuple[float, float] | None
+    spearman_p: float | None
+    """One-sided permutation p-value of the Spearman correlation: the fraction of random layer orders that
+    correlate at least as well (how likely a ranking drawn by chance does as well)."""
+    top_k_overlap: dict
+    """``{k: |top_k(probe) & top_k(C)| / k}`` (None when k is not below ``n_layers``)."""
+    top_k_chance: dict
+    """``{k: k / n_layers}``: the overlap a random ranking has on average (None when k is not below ``n_layers``)."""
+    reason: str = ""
+    """Why a number or a CI is missing; empty when all are present."""
+    dropped_fraction: float = 0.0
+    """Fraction of bootstrap resamples dropped (full gain below ``min_gain``, or a constant resampled ranking)."""
+
+
+def _permutation_p(probe: np.ndarray, target: np.ndarray, observed: float, n_perm: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(n_perm):
+        r = spearman(rng.permutation(probe), target)
+        hits += int(np.isfinite(r) and r >= observed - 1e-12)
+    return (hits + 1) / (n_perm + 1)
+
+
+def rank_agreement_over_seeds(
+    probe: Sequence[float],
+    s_layer: Sequence[Sequence[float]],
+    s_base: Sequence[float],
+    s_full: Sequence[float],
+    *,
+    ks: Sequence[int] = (3, 5),
+    n_boot: int = 10000,
+    ci: float = 0.95,
+    seed: int = 0,
+    n_perm: int = 10000,
+    min_gain: float = MIN_GAIN,
+    max_dropped: float = MAX_DROPPED_FRACTION,
+) -> RankAgreement:
+    """Spearman and Kendall between a probe's layer scores and the measured contributions, with seed CIs.
+
+    ``probe[l]`` is the probe's score of layer l (higher = more useful to train); ``s_layer[l][i]``,
+    ``s_base[i]`` and ``s_full[i]`` are the scores of seed i (paired by index). The measured ranking is
+    ``C_l = (mean S_l - mean S_base) / (mean S_full - mean S_base)`` over seeds (as ``contribution_over_seeds``).
+
+    CI: ``n_boot`` resamples of the seed indices with replacement (the same for every layer, base and full),
+    ``C_l`` recomputed on each, then both correlations with the (fixed) probe scores; the ``(1-ci)/2`` and
+    ``(1+ci)/2`` quantiles. A resample whose full gain falls below ``min_gain`` in the observed direction, or
+    whose ``C_l`` are all equal (no ranking to correlate), is dropped; more than ``max_dropped`` dropped: no CI.
+    The CI covers the noise of the measured ranking across seeds (the probe's scores are held fixed), and with
+    2-4 seeds it is too narrow (see ``contribution_over_seeds``). One seed: no CI. Deterministic given ``seed``.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    p = _as_scores(probe, "probe")
+    layer = np.asarray(s_layer, dtype=np.float64)
+    base, full = _as_scores(s_base, "s_base"), _as_scores(s_full, "s_full")
+    if layer.ndim != 2 or layer.shape != (len(p), len(base)) or len(full) != len(base):
+        raise ValueError(f"s_layer must be (layers, seeds) = ({len(p)}, {len(base)}) paired with {len(base)} base and "
+                         f"full scores; got {layer.shape} and {len(full)} full scores")
+    if not np.all(np.isfinite(layer)):
+        raise ValueError("s_layer contains NaN or inf")
+    n_layers, n = layer.shape
+    chance = {int(k): k / n_layers if k < n_layers else None for k in ks}
+    gain_full = full.mean() - base.mean()
+    if n_layers < 3:
+        return RankAgreement(n_layers, n, None, None, None, None, None, None, dict.fromkeys(map(int, ks)), chance,
+                             reason=f"{n_layers} layer(s) compared: a rank correlation needs at least 3")
+    if abs(gain_full) < min_gain:
+        return RankAgreement(n_layers, n, None, None, None, None, None, None, dict.fromkeys(map(int, ks)), chance,
+                             reason=f"full-parameter gain too small to divide by: mean(S_full) - mean(S_base) = "
+                                    f"{gain_full:.4g}, |gain| < min_gain = {min_gain:g}")
+    c = (layer.mean(axis=1) - base.mean()) / gain_full
+    rho, tau = spearman(p, c), kendall_tau(p, c)
+    overlap = {int(k): top_k_overlap(p, c, int(k)) for k in ks}
+    reasons = []
+    if not np.isfinite(rho):
+        reasons.append("the probe's scores or the contributions are all equal: no ranking to correlate")
+        rho = tau = None
+    p_value = _permutation_p(p, c, rho, n_perm, seed) if rho is not None and n_perm > 0 else None
+    s_ci = k_ci = None
+    dropped = 0.0
+    if n == 1:
+        reasons.append("one seed: no confidence interval")
+    elif rho is not None:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        gain_layer_b = layer[:, idx].mean(axis=2) - base[idx].mean(axis=1)  # (layers, n_boot)
+        gain_full_b = full[idx].mean(axis=1) - base[idx].mean(axis=1)
+        keep = np.sign(gain_full) * gain_full_b >= min_gain
+        rhos, taus = [], []
+        for b in np.flatnonzero(keep):
+            cb = gain_layer_b[:, b] / gain_full_b[b]
+            r = spearman(p, cb)
+            if np.isfinite(r):
+                rhos.append(r)
+                taus.append(kendall_tau(p, cb))
+        dropped = 1.0 - len(rhos) / n_boot
+        if dropped > max_dropped:
+            reasons.append(f"no CI: {dropped:.1%} of bootstrap resamples (limit {max_dropped:.0%}) had too small a "
+                           "full-parameter gain or all-equal contributions")
+        else:
+            qs = [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]
+            s_ci = tuple(float(v) for v in np.quantile(rhos, qs))
+            k_ci = tuple(float(v) for v in np.quantile(taus, qs))
+    return RankAgreement(n_layers, n, tuple(float(v) for v in c), None if rho is None else float(rho), s_ci,
+                         None if tau is None else float(tau), k_ci, p_value, overlap, chance,
+                         reason="; ".join(reasons), dropped_fraction=float(dropped))

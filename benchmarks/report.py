@@ -23,9 +23,11 @@ import numpy as np
 from onelayer.benchmarks.contribution import (
     MIN_GAIN,
     ContributionEstimate,
+    RankAgreement,
     contribution_over_seeds,
     kendall_tau,
     pearson,
+    rank_agreement_over_seeds,
     spearman,
 )
 from onelayer.benchmarks.sweep_results import (
@@ -406,8 +408,138 @@ def _plots(rows: list[Row], curves: dict, out: Path, num_layers: int) -> list[st
     return made
 
 
-def write_report(sweep_dir: str | Path) -> Path:
-    """Write ``SWEEP_DIR/report/`` and return the path of ``report.md``."""
+# ----------------------------------------------------------------------------- probe validation (issue 25)
+PROBE_KS = (3, 5)
+
+
+def _domain_label(domain: str) -> str:
+    """A sweep domain's name as a probe records it (``onelayer/Math-v0`` -> ``math``); itself when unknown here."""
+    from onelayer.envs.domain import domain_spec
+
+    try:
+        return domain_spec(domain).name
+    except UserError:
+        return domain
+
+
+def _sweep_cost(results: list[JobResult], domain: str, algo: str, num_layers: int) -> dict:
+    """The sweep's measured one-seed cost of every block: ``base + full + L x single-layer job`` (mean job times)."""
+    dom = [r for r in results if r.domain == domain]
+    scale = primary_lr_scale(dom)
+    base = [r.wall_s for r in dom if r.method == "base"]
+    full = [r.wall_s for r in dom if r.method == "full" and r.algo == algo]
+    layer = [r.wall_s for r in dom if r.method == "layer" and r.algo == algo and float(r.lr_scale) == scale
+             and r.layer is not None and r.target == str(r.layer)]
+    if not (base and full and layer) or min(base + full + layer) <= 0:
+        return {"seconds": None, "how": "the sweep's results lack the base, full or single-layer job times (wall_s)"}
+    b, f, one = float(np.mean(base)), float(np.mean(full)), float(np.mean(layer))
+    return {"seconds": b + f + num_layers * one,
+            "how": f"measured: base {b:.0f} s + full {f:.0f} s (mean of {len(full)} jobs) + {num_layers} layers x "
+                   f"{one:.0f} s (mean of {len(layer)} single-layer jobs)"}
+
+
+def probe_agreement(results: list[JobResult], meta: dict, probe_dir: str | Path, n_boot: int = N_BOOT) -> dict:
+    """How each method of a probe (``onelayer probe``) ranks the sweep's layers: per (domain, algo) of the probe's
+    domain, Spearman and Kendall with the measured in-domain ``C_l`` (bootstrap CI over the sweep's seeds, permutation
+    p-value), the overlap of the top-K sets (K in ``PROBE_KS``; chance K/n), and each method's cost as a fraction
+    of the sweep's measured one-seed cost of every block."""
+    from onelayer.benchmarks.probe import read_probe
+
+    probe = read_probe(probe_dir)
+    model = meta.get("spec", {}).get("model")
+    if model is not None and probe.model != model:
+        raise UserError(f"probe {probe_dir} scored {probe.model}, the sweep trained {model}: a ranking holds only for "
+                        "its model; probe the sweep's model")
+    num_layers = int(meta.get("num_layers") or probe.num_layers)
+    if probe.num_layers != num_layers:
+        raise UserError(f"probe {probe_dir} scored {probe.num_layers} layers, the sweep's model has {num_layers}")
+    domains = [d for d in dict.fromkeys(r.domain for r in results) if _domain_label(d) == probe.domain]
+    if not domains:
+        raise UserError(f"probe {probe_dir} ranked domain {probe.domain!r}; the sweep has "
+                        f"{', '.join(sorted({r.domain for r in results}))}: probe one of those envs")
+    machine = (meta.get("machine") or {}).get("cpu"), (probe.info.get("machine") or {}).get("cpu")
+    out: dict = {"probe_dir": str(probe_dir), "model": probe.model, "domain": probe.domain, "env": probe.env,
+                 "seed": probe.info.get("seed"), "methods_order": list(probe.methods),
+                 "same_machine": None if None in machine else machine[0] == machine[1],
+                 "machines": {"sweep": machine[0], "probe": machine[1]}, "series": {}}
+    for domain in domains:
+        for algo in sorted({r.algo for r in results if r.domain == domain and r.method == "layer"}):
+            scores = layer_contributions(results, domain, algo=algo)
+            if "base" not in scores or "full" not in scores:
+                out["series"][f"{domain}/{algo}"] = {"note": "no base or full-parameter result"}
+                continue
+            layers = sorted(int(t) for t in scores if t.isdigit() and int(t) < probe.num_layers)
+            seeds = set(scores["base"]) & set(scores["full"])
+            for layer in layers:
+                seeds &= set(scores[str(layer)])
+            seeds = sorted(seeds)
+            cost = _sweep_cost(results, domain, algo, num_layers)
+            entry: dict = {"layers": layers, "seeds": seeds, "sweep_cost": cost, "methods": {}}
+            if not seeds or not layers:
+                entry["note"] = "no seed with base, full and every single-layer run"
+                out["series"][f"{domain}/{algo}"] = entry
+                continue
+            s_layer = [[scores[str(layer)][s] for s in seeds] for layer in layers]
+            s_base, s_full = [scores["base"][s] for s in seeds], [scores["full"][s] for s in seeds]
+            for name, m in probe.methods.items():
+                agreement = rank_agreement_over_seeds([m.scores[layer] for layer in layers], s_layer, s_base, s_full,
+                                                      ks=PROBE_KS, n_boot=n_boot)
+                entry["methods"][name] = {**_agreement_dict(agreement), "seconds": m.seconds,
+                                          "fraction_of_sweep": m.seconds / cost["seconds"] if cost["seconds"] else None}
+            out["series"][f"{domain}/{algo}"] = entry
+    return out
+
+
+def _agreement_dict(a: RankAgreement) -> dict:
+    d = asdict(a)
+    d["top_k_overlap"] = {str(k): v for k, v in a.top_k_overlap.items()}
+    d["top_k_chance"] = {str(k): v for k, v in a.top_k_chance.items()}
+    return d
+
+
+def _ci_text(value: float | None, ci) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def probe_markdown(agreement: dict) -> str:
+    """The probe-vs-sweep table of :func:`probe_agreement` (printed by ``onelayer report --probe``)."""
+    lines = [f"probe {agreement['probe_dir']} ({agreement['model']}, {agreement['domain']}, seed "
+             f"{agreement.get('seed')}): rank agreement of each method's layer scores with the measured C_l "
+             "(95% bootstrap CI over the sweep's seeds; p: one-sided permutation test; top-K overlap, chance K/n)"]
+    if agreement["same_machine"] is False:
+        lines.append(f"note: the probe ran on {agreement['machines']['probe']}, the sweep on "
+                     f"{agreement['machines']['sweep']}: the cost fractions compare different machines")
+    for key, entry in agreement["series"].items():
+        if "note" in entry and not entry.get("methods"):
+            lines.append(f"{key}: not compared ({entry['note']})")
+            continue
+        n = len(entry["layers"])
+        cost = entry["sweep_cost"]
+        lines += [f"{key}: {n} layers, seeds {entry['seeds']}; sweep cost (one seed, all layers) "
+                  + (f"{cost['seconds'] / 3600:.2f} h ({cost['how']})" if cost["seconds"] else f"unknown ({cost['how']})"),
+                  "", "| method | Spearman [95% CI] | Kendall [95% CI] | p | "
+                  + " | ".join(f"top-{k} overlap" + (f" (chance {k / n:.2f})" if k < n else "") for k in PROBE_KS)
+                  + " | seconds | fraction of sweep | note |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in PROBE_KS) + " | --- | --- | --- |"]
+        for name, m in entry["methods"].items():
+            overlaps = [m["top_k_overlap"].get(str(k)) for k in PROBE_KS]
+            frac, p = m["fraction_of_sweep"], m["spearman_p"]
+            lines.append(f"| {name} | {_ci_text(m['spearman'], m['spearman_ci'])} | "
+                         f"{_ci_text(m['kendall'], m['kendall_ci'])} | {'-' if p is None else f'{p:.3f}'} | "
+                         + " | ".join("-" if o is None else f"{o:.2f}" for o in overlaps)
+                         + f" | {m['seconds']:.0f} | {'-' if frac is None else f'{100 * frac:.2f}%'} | {m['reason']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -> Path:
+    """Write ``SWEEP_DIR/report/`` and return the path of ``report.md``.
+
+    ``probes``: probe directories (``onelayer probe``) to validate against the sweep (:func:`probe_agreement`):
+    added to report.md, summary.txt and numbers.json (key ``probe``).
+    """
     sweep_dir = Path(sweep_dir)
     spec_path = sweep_dir / "sweep.json"
     if not spec_path.is_file():
@@ -417,6 +549,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     if not results:
         raise UserError(f"{sweep_dir} has no finished job yet")
     write_ranking(sweep_dir)  # the layer ranking top:K@SWEEP_DIR reads
+    probe_checks = [probe_agreement(results, meta, p) for p in probes]  # a bad probe fails before anything is written
     num_layers = int(meta.get("num_layers") or 1)
     rows = build_rows(results)
     out = sweep_dir / "report"
@@ -439,10 +572,13 @@ def write_report(sweep_dir: str | Path) -> Path:
     for r in rows + extra_scale_rows:
         w.writerow(list(asdict(r).values()))
     atomic_write_text(out / "contributions.csv", buf.getvalue())
-    atomic_write_json(out / "numbers.json", {
+    numbers = {
         "rows": [asdict(r) for r in rows], "depth_groups": depth, "rank_correlations": corr,
         "weight_change_vs_contribution": change_corr, "lr_scales": scale_cmp, "learning_curves": curves,
-        "jobs": [asdict(r) for r in results]})
+        "jobs": [asdict(r) for r in results]}
+    if probe_checks:
+        numbers["probe"] = probe_checks
+    atomic_write_json(out / "numbers.json", numbers)
 
     spec = meta.get("spec", {})
     summary = []
@@ -459,7 +595,8 @@ def write_report(sweep_dir: str | Path) -> Path:
             summary.append(_scale_line("single-layer lr scale", pair, v))
         summary.append("")
     summary_text = "\n".join(summary)
-    atomic_write_text(out / "summary.txt", summary_text + "\n")
+    probe_text = "\n".join(probe_markdown(a) for a in probe_checks)
+    atomic_write_text(out / "summary.txt", summary_text + "\n" + (probe_text + "\n" if probe_text else ""))
 
     md = [f"# Layer sweep report: {sweep_dir.name}", "",
           "Layer contribution `C_l = (S_l - S_base) / (S_full - S_base)` (ratio of seed means; 95% paired "
@@ -499,6 +636,13 @@ def write_report(sweep_dir: str | Path) -> Path:
     md += [f"- {k}: Spearman {v['spearman']:.3f}, Kendall {v['kendall']:.3f} over layers {v['layers']}"
            for k, v in corr.items()] or ["- needs two domains or algorithms sharing at least 3 layers with defined contributions"]
     md += [""] + _scale_markdown(scale_cmp)
+    if probe_checks:
+        md += ["## Layer probe vs measured contribution", "",
+               "Each probe method's layer scores (`onelayer probe`, docs/probe.md) against the measured in-domain "
+               "C_l: Spearman and Kendall with a 95% bootstrap CI over the sweep's seeds (seeds resampled, C_l "
+               "recomputed, the probe's scores fixed), a one-sided permutation p-value over layer orders, the overlap "
+               "of the top-K sets, and the probe's cost as a fraction of the sweep's measured one-seed cost of every "
+               "layer.", "", probe_text, ""]
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "Every number: `numbers.json`, `contributions.csv`; every evaluated item: `jobs/*/suites.json`."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")

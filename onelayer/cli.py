@@ -551,19 +551,53 @@ def compare_cmd(
     typer.echo(f"comparison: {path}")
 
 
-def _write_and_print_report(sweep_dir: Path) -> None:
+def _write_and_print_report(sweep_dir: Path, probes: list[Path] | None = None) -> None:
     from onelayer.benchmarks.report import write_report
 
-    path = write_report(sweep_dir)
+    path = write_report(sweep_dir, probes or ())
     typer.echo((path.parent / "summary.txt").read_text())
     typer.echo(f"report: {path}")
 
 
 @app.command("report")
 @_user_errors
-def report_cmd(sweep_dir: Path = typer.Argument(..., help="A sweep directory of `onelayer sweep`.")):
+def report_cmd(
+    sweep_dir: Path = typer.Argument(..., help="A sweep directory of `onelayer sweep`."),
+    probe: Optional[list[Path]] = typer.Option(None, "--probe", help="A probe directory of `onelayer probe` (repeatable, e.g. one per domain): how well each of its methods ranks the sweep's layers (Spearman, Kendall with CIs over seeds, top-K overlap, cost)."),
+):
     """Write SWEEP_DIR/report/: Markdown report, CSV/JSON of every number, PNG plots."""
-    _write_and_print_report(sweep_dir)
+    _write_and_print_report(sweep_dir, probe)
+
+
+@app.command("probe")
+@_user_errors
+def probe_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory for ranking.json (what --layers top:K@DIR[:METHOD] reads), probe.json, probe.md, probe.png."),
+    env: Optional[str] = typer.Option(None, "--env", help="Env id or domain to probe (e.g. onelayer/Math-v0); default: the preset's only domain."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model (HF id, dir, .gguf, smollm2-135m); default: the preset's, else smollm2-135m."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="In-domain suite the skip damage is measured on (default: the env's, or the preset's)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of grad-rel, grad-norm, fisher, lookahead, skip (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled batches (the sweep job's seed: batch 1 is its first step's)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Take the sweep preset's settings (model, algorithm, lr, train options, suites): the sweep the probe replaces."),
+    algo: Optional[str] = typer.Option(None, "--algo", help="gigpo, grpo or drgrpo (default: the preset's, else gigpo as sweeps)."),
+    train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options on top (key=value,... or JSON), as sweep --train."),
+    batches: int = typer.Option(2, "--batches", help="Sampled batches the gradient norms average over."),
+    panel_batches: int = typer.Option(1, "--panel-batches", help="Batches of base-model rollouts the look-ahead's reward change is measured on."),
+    panel_items: int = typer.Option(64, "--panel-items", help="Suite items the skip damage is measured on."),
+    fisher_samples: int = typer.Option(32, "--fisher-samples", help="Responses the Fisher estimate averages over."),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+):
+    """Cheap per-layer scores on the base model (gradient norms, Fisher, skip damage, one-step look-ahead) that rank
+    layers without a sweep; --layers top:K@OUT trains the top K."""
+    from onelayer.benchmarks.probe import probe_table, read_probe, run_probe
+
+    results = run_probe(env, out, model=model, methods=_comma_list(methods), seed=seed, suite=suite, preset=preset,
+                        algo=algo, train=_parse_mapping(train, "--train") if train else None, batches=batches,
+                        panel_batches=panel_batches, panel_items=panel_items, fisher_samples=fisher_samples,
+                        device=device, dtype=dtype)
+    typer.echo(probe_table(results, read_probe(out).info))
+    typer.echo(f"probe: {out / 'probe.md'}; train the top K with --layers top:K@{out}[:METHOD]")
 
 
 @app.command("export")

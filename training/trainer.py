@@ -302,20 +302,14 @@ class Trainer:
     def _resume(self) -> None:
         if self._main:
             ckpt.remove_leftovers(self.run_dir)  # temp files of writes a kill interrupted
-        if self.dist is not None:
-            fsdp.barrier()  # no rank reads checkpoints before rank 0 has tidied the run directory
+        self.ranks.barrier()  # FSDP: no rank reads checkpoints before rank 0 has tidied the run directory
         last, skipped = None, []
         for d in reversed(ckpt.checkpoint_dirs(self.run_dir)):  # newest first; a damaged one falls back to the one before
             problem = ckpt.checkpoint_problem(d)
             if problem is None:
                 try:
                     state = ckpt.load_state(d)
-                    if self.dist is not None:
-                        self._load_sharded(d)
-                    else:
-                        ckpt.load_trained(self.model, d / ckpt.TRAINED_FILE)
-                        if self.optimizer is not None:
-                            self.optimizer.load_state_dict(torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
+                    self.ranks.load_checkpoint(d, self.optimizer)  # FSDP: every rank keeps its shards
                     last = d
                     break
                 except Exception as e:  # any unreadable file means: try the checkpoint before it
@@ -351,14 +345,6 @@ class Trainer:
         atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, stored)
         print(f"resumed {self.run_dir} at step {self.start_step} (from {last})", file=sys.stderr)
 
-    def _load_sharded(self, d: Path) -> None:
-        """FSDP resume: every rank reads the checkpoint's full tensors and keeps its shards."""
-        from safetensors.torch import load_file
-
-        fsdp.load_full_tensors(self.model, load_file(str(d / ckpt.TRAINED_FILE)))
-        if self.optimizer is not None:
-            fsdp.load_optimizer_state(self.model, self.optimizer, torch.load(d / ckpt.OPTIMIZER_FILE, weights_only=True))
-
     # --------------------------------------------------------------- sampling
     def _episodes(self, step: int) -> list[EpisodeSpec]:
         c = self.config
@@ -372,15 +358,12 @@ class Trainer:
     def sample(self, step: int) -> list[Trajectory]:
         """Collect ``num_tasks x num_generations`` episodes for ``step`` (deterministic in seed and step)."""
         c = self.config
-        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, derive_seed("sample", c.seed, step))
-        episodes, weights = self._episodes(step), contextlib.nullcontext()
-        if self.dist is not None:  # this rank's share of the groups, its own sampling stream, the full weights
-            mine = self.dist.local_groups(c.num_tasks)
-            episodes = [e for e in episodes if e.group in mine]
-            params.seed = derive_seed("sample", c.seed, step, self.dist.rank)
-            weights = fsdp.full_weights(self.model)
+        # FSDP: this rank's share of the groups, its own sampling stream, the full weights
+        episodes = self.ranks.my_episodes(self._episodes(step), c.num_tasks)
+        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p,
+                                derive_seed("sample", c.seed, step, *self.ranks.seed_parts))
         envs = self.envs[: len(episodes)]
-        with weights:
+        with self.ranks.sampling_weights():
             trajs = collect(self.engine, self.prompts, envs, episodes, params,
                             max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
                             parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
@@ -433,14 +416,9 @@ class Trainer:
 
     def _run_eval(self, step: int) -> dict:
         t = time.time()
-        if self.dist is None:
-            res = self.evaluate()
-        else:  # rank 0 evaluates with the full weights; the others hold their part of the gather and wait
-            with fsdp.full_weights(self.model):
-                res = self.evaluate() if self._main else None
-                fsdp.barrier()
-            if res is None:
-                return {}
+        res = self.ranks.on_main(self.evaluate)  # FSDP: rank 0 evaluates with the full weights, the others wait
+        if res is None:
+            return {}
         out = res.to_dict()
         out.update(step=step, env=self.config.env, model=self.config.model, layers=self.config.layers,
                    run_dir=str(self.run_dir))
@@ -493,15 +471,11 @@ class Trainer:
                 if interrupted["flag"]:
                     print(f"saved checkpoint at step {step}; continue with --resume", file=sys.stderr)
                     raise SystemExit(130)
-            if c.steps == 0 or self.start_step >= c.steps:
-                if self.dist is not None:
-                    full = fsdp.FullModel(fsdp.full_tensors(self.model, self.param_names))
-                    if self._main:
-                        ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, full, self.param_names, {"step": self.start_step})
-                else:
-                    ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, self.model, self.param_names, {"step": self.start_step})
-            if self.dist is not None:
-                fsdp.barrier()  # rank 0 has written everything the others read back below
+            if c.steps == 0 or self.start_step >= c.steps:  # nothing to train: still write the weights
+                full = self.ranks.full_model(self.param_names)  # FSDP: gathered on every rank (a collective)
+                if self._main:
+                    ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, full, self.param_names, {"step": self.start_step})
+            self.ranks.barrier()  # FSDP: rank 0 has written everything the others read back below
         finally:
             if bar is not None:
                 bar.close()
@@ -519,24 +493,13 @@ class Trainer:
         return {"sync/bytes": getattr(sent, "bytes", 0), "time/sync_s": time.perf_counter() - t}
 
     def _save(self, step: int) -> None:
-        state = {"selection": self.selection.to_dict()}
-        if self.optimizer is None:
-            from types import SimpleNamespace
-
-            opt = SimpleNamespace(state_dict=lambda: {})
-        else:
-            opt = self.optimizer
-        if self.dist is not None:  # every rank gathers full tensors (collectives); rank 0 writes them
-            from types import SimpleNamespace
-
-            tensors = fsdp.full_tensors(self.model, self.param_names)
-            opt_state = fsdp.full_optimizer_state(self.model, self.optimizer) if self.optimizer is not None else {}
-            if self._main:
-                ckpt.save_checkpoint(self.run_dir, step, fsdp.FullModel(tensors), self.param_names,
-                                     SimpleNamespace(state_dict=lambda: opt_state), state, self.config.save_total_limit)
-            fsdp.barrier()
-            return
-        ckpt.save_checkpoint(self.run_dir, step, self.model, self.param_names, opt, state, self.config.save_total_limit)
+        """Checkpoint after ``step`` (FSDP: every rank gathers the full tensors and optimizer state, rank 0 writes)."""
+        model = self.ranks.full_model(self.param_names)
+        optimizer = self.ranks.optimizer_to_save(self.optimizer)
+        if self._main:
+            ckpt.save_checkpoint(self.run_dir, step, model, self.param_names, optimizer,
+                                 {"selection": self.selection.to_dict()}, self.config.save_total_limit)
+        self.ranks.barrier()
 
     def train_step(self, step: int) -> dict:
         """One RL step: sample, score, update. Returns the step's flat metrics."""
@@ -586,26 +549,7 @@ class Trainer:
             "time/sampling_s": t1 - t0,
             "time/training_s": t2 - t1,
         }
-        return record if self.dist is None else self._merge_ranks(record, returns, set(stats))
-
-    def _merge_ranks(self, record: dict, returns: list[float], batch_wide: set[str]) -> dict:
-        """FSDP: one record for the step from every rank's (the update's metrics are batch-wide already)."""
-        gathered = fsdp.gather_objects((record, returns))
-        everyone = [r for _, rs in gathered for r in rs]
-        out = dict(record)
-        for k, v in record.items():
-            vals = [g[k] for g, _ in gathered if isinstance(g.get(k), (int, float))]
-            if k == "step" or k in batch_wide or not isinstance(v, (int, float)) or not vals:
-                continue
-            if k in ("no_signal_groups", "env_errors"):
-                out[k] = sum(vals)
-            elif k.startswith("time/"):
-                out[k] = max(vals)
-            else:  # every rank holds as many episodes: the mean of means is the batch mean
-                out[k] = float(np.mean(vals))
-        out.update(reward=float(np.mean(everyone)) if everyone else 0.0, reward_std=float(np.std(everyone)) if everyone else 0.0)
-        return out
-
+        return self.ranks.merge_records(record, returns, set(stats))  # FSDP: one record from every rank's
 
 def _read_eval(path: Path, fallback: dict | None) -> dict | None:
     """The run's eval.json, or ``fallback`` when it is absent or damaged (it is rewritten by the next evaluation)."""

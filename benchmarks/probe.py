@@ -3,7 +3,7 @@
 A sweep measures each layer's contribution ``C_l`` by RL-training it alone (L runs). A probe scores
 every block of the untrained model in a small fraction of that time, with the sweep's own settings
 (env, preset, algorithm, batch, lr; ``benchmarks/sweep.py``) and onelayer's own sampling, advantage
-and log-prob code (``Trainer.sample`` / ``Trainer.advantages``, ``training/logprobs.py``,
+and log-prob code (``Trainer.sample`` / ``Trainer.advantages``, ``training/rows.py``,
 ``training/losses.py``, ``training/optim.py``). Methods, each a score per block (higher = more worth
 training):
 
@@ -14,7 +14,8 @@ training):
 - ``grad-rel``: ``||g_l|| / ||W_l||``, the relative gradient norm (surgical fine-tuning's layer score).
 - ``fisher``: ``tr F_l = sum_i E[(d log pi(y|x) / d theta_i)^2]`` over block l's parameters: the
   diagonal of the policy's Fisher information, on the env's own sampled responses of the first batch
-  (one backward per response, ``y`` the whole response of one LLM call).
+  (one backward per response, ``y`` the whole response of one LLM call; the score action format: the chosen
+  action).
 - ``skip``: ``S_base - S_skip(l)``, the in-domain suite score lost when block l is skipped (its output
   replaced by its input, which is zeroing its residual branch), on the suite's first ``panel_items`` items.
 - ``lookahead``: one RL step on block l alone, then the change of reward on a fixed panel. The step is
@@ -199,61 +200,49 @@ def probe_settings(env: str | None, *, model: str | None = None, preset: str | N
 
 
 # ----------------------------------------------------------------------------- gradients
-def policy_rows(trajs, adv) -> list[tuple[list[int], list[int], float]]:
-    """One ``(prompt_ids, response_ids, advantage)`` per LLM call with a response (as the trainer's update)."""
-    return [(s.prompt_ids, s.response_ids, float(a)) for t, a_t in zip(trajs, adv) for s, a in zip(t.steps, a_t)
-            if s.response_ids]
+def row_logprobs(trainer):
+    """The policy's log-probs over update rows, computed as the trainer's update computes them (training/rows.py)."""
+    from onelayer.training.rows import RowLogprobs
+
+    c = trainer.config
+    return RowLogprobs(trainer.model, trainer.engine.pad_id, scoring=trainer.scoring, temperature=c.temperature,
+                       chunk_size=c.logprob_chunk_size)
 
 
-def _tensors(rows, pad_id: int, device):
-    """Right-padded ``(input_ids, attention_mask, response_mask, advantages)`` of rows (as the trainer builds them)."""
-    width = max(len(p) + len(r) for p, r, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, (p, r, _) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attn[i, : len(p) + len(r)] = 1
-        resp[i, len(p) : len(p) + len(r)] = 1.0
-    adv = torch.tensor([a for _, _, a in rows], dtype=torch.float32)[:, None]
-    return ids.to(device), attn.to(device), resp.to(device), adv.to(device)
-
-
-def accumulate_policy_gradient(model, rows, config, pad_id: int) -> None:
+def accumulate_policy_gradient(logprobs, rows, config) -> None:
     """Add the gradient of the run's policy loss on ``rows`` at the sampling policy to every trainable ``.grad``.
 
-    The PPO-clip token loss ``-min(r A, clip(r) A)`` at ``r = 1`` (old log-probs = current ones, as the
-    trainer's first pass) aggregated with the run's ``loss_agg`` over the whole batch, micro-batched as
-    ``config.micro_batch_size``: the gradient the trainer's first optimizer step of a batch sees.
+    ``logprobs`` is a ``training.rows.RowLogprobs`` (:func:`row_logprobs`), ``rows`` the batch's
+    ``training.rows.rows_from(trajs, advantages)``. The PPO-clip token loss ``-min(r A, clip(r) A)`` at
+    ``r = 1`` (old log-probs = current ones, as in ``training.ppo.ppo_update``'s first pass), aggregated with
+    the run's ``loss_agg`` over the whole batch and micro-batched as ``config.micro_batch_size``: the gradient
+    the trainer's first optimizer step on this batch sees.
     """
-    from onelayer.training.logprobs import response_logprobs
     from onelayer.training.losses import agg_norm, aggregate, ppo_clip_token_loss
 
-    device = next(model.parameters()).device
+    logprobs.start(rows)
     mb = config.micro_batch_size
-    _, _, resp_all, _ = _tensors(rows, pad_id, "cpu")
-    norm = agg_norm(resp_all, config.resolved_loss_agg(), config.max_new_tokens)
+    resp = logprobs.batch(list(range(len(rows)))).resp
+    norm = agg_norm(resp, config.resolved_loss_agg(), 1.0 if logprobs.scoring else config.max_new_tokens)
     for s in range(0, len(rows), mb):
-        chunk = rows[s : s + mb]
-        if all(a == 0.0 for _, _, a in chunk):
+        idx = list(range(s, min(len(rows), s + mb)))
+        if all(rows[i].advantage == 0.0 for i in idx):
             continue  # zero advantage: zero gradient (its tokens still count in `norm`)
-        ids, attn, resp, a = _tensors(chunk, pad_id, device)
-        lp, _ = response_logprobs(model, ids, attn, resp, config.temperature, config.logprob_chunk_size)
-        tok_loss, _ = ppo_clip_token_loss(lp, lp.detach(), a, config.epsilon, config.epsilon_high)
-        aggregate(tok_loss, resp, norm).backward()
+        b = logprobs.batch(idx)
+        lp, _ = logprobs(b)
+        tok_loss, _ = ppo_clip_token_loss(lp, lp.detach(), b.adv, config.epsilon, config.epsilon_high)
+        aggregate(tok_loss, b.resp, norm).backward()
 
 
-def _sequence_logprobs(model, rows, config, pad_id: int) -> np.ndarray:
-    """``sum_t log pi(y_t | x, y_<t)`` of every row's response (no grad), float64."""
-    from onelayer.training.logprobs import response_logprobs
-
-    device = next(model.parameters()).device
+def _sequence_logprobs(logprobs, rows, micro_batch_size: int) -> np.ndarray:
+    """``log pi(y | x)`` of every row's response (the sum over its tokens; no grad), float64."""
+    logprobs.start(rows)
     out = []
     with torch.no_grad():
-        for s in range(0, len(rows), config.micro_batch_size):
-            ids, attn, resp, _ = _tensors(rows[s : s + config.micro_batch_size], pad_id, device)
-            lp, _ = response_logprobs(model, ids, attn, resp, config.temperature, config.logprob_chunk_size)
-            out += (lp * resp).sum(-1).double().tolist()
+        for s in range(0, len(rows), micro_batch_size):
+            b = logprobs.batch(list(range(s, min(len(rows), s + micro_batch_size))))
+            lp, _ = logprobs(b)
+            out += (lp * b.resp).sum(-1).double().tolist()
     return np.asarray(out, dtype=np.float64)
 
 
@@ -376,9 +365,6 @@ def run_probe(env: str | None, out: str | Path, *, model: str | None = None, met
         cfg = job_train_config(spec, Job(domain_arg, algo_name, seed, "layer", "all", None, lr_scale=scale),
                                Path(tmp) / "sampler")
         cfg = dataclasses.replace(cfg, beta=0.0, kl_metric=False, single_layer_lr_scale=scale)
-        if cfg.action_format == "score":
-            raise UserError("the probe needs generated responses (its log-probs are response tokens'): action_format "
-                            "score is not supported; use choice or text")
         trainer = Trainer(cfg, model=mdl, tokenizer=tok)
         try:
             results = _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, panel_items,
@@ -409,7 +395,9 @@ def run_probe(env: str | None, out: str | Path, *, model: str | None = None, met
 def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, panel_items, fisher_samples, stages,
            log) -> dict[str, MethodResult]:
     """Every chosen method's scores; ``stages`` gets each stage's seconds."""
-    model, pad = trainer.model, trainer.engine.pad_id
+    from onelayer.training.rows import rows_from
+
+    model, logprobs = trainer.model, row_logprobs(trainer)
     num_layers = len(blocks)
     out: dict[str, MethodResult] = {}
     need_grad = {"grad-norm", "grad-rel", "lookahead"} & set(chosen)
@@ -418,10 +406,10 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
     if "lookahead" in chosen:  # sampled from the base model, before any weight moves
         t = time.perf_counter()
         trajs = [tr for step in range(0, -panel_batches, -1) for tr in trainer.sample(step) if tr.error is None]
-        prows = [(s.prompt_ids, s.response_ids, 0.0) for tr in trajs for s in tr.steps if s.response_ids]
+        prows = rows_from(trajs, [np.zeros(tr.length) for tr in trajs])
         owner = np.asarray([k for k, tr in enumerate(trajs) for s in tr.steps if s.response_ids])
         returns = np.asarray([tr.episode_return for tr in trajs], dtype=np.float64)
-        base_lp = _sequence_logprobs(model, prows, cfg, pad)
+        base_lp = _sequence_logprobs(logprobs, prows, cfg.micro_batch_size)
         stages["panel_s"] = time.perf_counter() - t
         panel = (prows, owner, returns, base_lp)
         log(f"probe: look-ahead panel of {len(trajs)} rollouts, mean reward {returns.mean():.4f} "
@@ -431,7 +419,7 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
         t = time.perf_counter()
         trajs = [tr for tr in trainer.sample(b) if tr.error is None]
         adv, _ = trainer.advantages(trajs)
-        rows = policy_rows(trajs, adv)
+        rows = rows_from(trajs, adv)
         stages[f"sample_{b}_s"] = time.perf_counter() - t
         if b == 1:
             first_rows = rows
@@ -439,7 +427,7 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
             continue
         t = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        accumulate_policy_gradient(model, rows, cfg, pad)
+        accumulate_policy_gradient(logprobs, rows, cfg)
         norms_per_batch.append([math.sqrt(_block_sq(blk, "grad")) for blk in blocks])
         stages[f"grad_{b}_s"] = time.perf_counter() - t
         log(f"probe: batch {b}: {len(rows)} responses, mean reward {np.mean([tr.episode_return for tr in trajs]):.4f}, "
@@ -450,7 +438,7 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
                 raise UserError("the look-ahead's batch (the first) carries no learning signal (every group's rewards "
                                 "are equal, so every advantage is 0): probe with another --seed, or a task the base "
                                 "model sometimes solves")
-            out["lookahead"] = _lookahead(model, blocks, cfg, pad, panel, stages)
+            out["lookahead"] = _lookahead(model, blocks, cfg, logprobs, panel, stages)
     if need_grad and not any(n > 0 for norms in norms_per_batch for n in norms):
         raise UserError(f"the {len(norms_per_batch)} sampled batch(es) carry no learning signal (every group's rewards "
                         "are equal, so every advantage is 0): raise --batches, or probe a task the base model "
@@ -469,7 +457,7 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
     if "lookahead" in out:
         out["lookahead"].seconds += stages["sample_1_s"] + stages["grad_1_s"] + stages["panel_s"]
     if "fisher" in chosen:
-        out["fisher"] = _fisher(model, blocks, first_rows[:fisher_samples], cfg, pad, stages)
+        out["fisher"] = _fisher(model, blocks, first_rows[:fisher_samples], logprobs, stages)
         out["fisher"].seconds += stages["sample_1_s"]
     model.zero_grad(set_to_none=True)
     if "skip" in chosen:
@@ -477,7 +465,7 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
     return {m: out[m] for m in METHODS if m in out}
 
 
-def _lookahead(model, blocks, cfg, pad, panel, stages) -> MethodResult:
+def _lookahead(model, blocks, cfg, logprobs, panel, stages) -> MethodResult:
     """Per block: one RL step on it alone, the panel's importance-weighted reward change, the block restored."""
     prows, owner, returns, base_lp = panel
     t = time.perf_counter()
@@ -485,7 +473,7 @@ def _lookahead(model, blocks, cfg, pad, panel, stages) -> MethodResult:
     for layer in range(len(blocks)):
         old = lookahead_step(model, layer, cfg)
         try:
-            new_lp = _sequence_logprobs(model, prows, cfg, pad)
+            new_lp = _sequence_logprobs(logprobs, prows, cfg.micro_batch_size)
         finally:
             restore_block(model, layer, old)
         log_w = np.bincount(owner, weights=new_lp - base_lp, minlength=len(returns))  # log pi_new/pi_base per rollout
@@ -498,18 +486,16 @@ def _lookahead(model, blocks, cfg, pad, panel, stages) -> MethodResult:
                                                         "log_weight_sd": weights_spread})
 
 
-def _fisher(model, blocks, rows, cfg, pad, stages) -> MethodResult:
+def _fisher(model, blocks, rows, logprobs, stages) -> MethodResult:
     """``tr F_l``: the mean over responses of the squared gradient of ``log pi(y|x)``, summed over block l's weights."""
-    from onelayer.training.logprobs import response_logprobs
-
     t = time.perf_counter()
-    device = next(model.parameters()).device
     total = np.zeros(len(blocks))
-    for row in rows:
+    for row in rows:  # one backward per response: the Fisher needs per-sample gradients
         model.zero_grad(set_to_none=True)
-        ids, attn, resp, _ = _tensors([row], pad, device)
-        lp, _ = response_logprobs(model, ids, attn, resp, cfg.temperature, cfg.logprob_chunk_size)
-        (lp * resp).sum().backward()
+        logprobs.start([row])
+        b = logprobs.batch([0])
+        lp, _ = logprobs(b)
+        (lp * b.resp).sum().backward()
         total += [_block_sq(blk, "grad") for blk in blocks]
     model.zero_grad(set_to_none=True)
     stages["fisher_s"] = time.perf_counter() - t

@@ -22,9 +22,9 @@ from onelayer.benchmarks.probe import (
     MethodResult,
     accumulate_policy_gradient,
     lookahead_step,
-    policy_rows,
     read_probe,
     restore_block,
+    row_logprobs,
     run_probe,
     skipped,
     write_probe,
@@ -34,6 +34,7 @@ from onelayer.benchmarks.sweep_results import JobResult, append_result, write_ra
 from onelayer.errors import UserError
 from onelayer.training.config import TrainConfig
 from onelayer.training.layers import RankedLayers, check_layer_spec, resolve_ranked_spec
+from onelayer.training.rows import rows_from
 from onelayer.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_the_lookahead_step_is_the_trainers_single_layer_step(tiny_model_dirs, t
     trajs = sampler.sample(1)
     adv, _ = sampler.advantages(trajs)
     model.zero_grad(set_to_none=True)
-    accumulate_policy_gradient(model, policy_rows(trajs, adv), cfg, sampler.engine.pad_id)
+    accumulate_policy_gradient(row_logprobs(sampler), rows_from(trajs, adv), cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -2,6 +2,8 @@
 
 1. ``rollout``: generated tokens/s and seconds per batch of onelayer's engines vs
    plain ``transformers`` ``generate`` at each batch size (``benchmarks/rollout.py``).
+   Where vLLM runs (its CPU build in the venv of ``.ci/vllm_env.sh``, or CUDA), the
+   ``vllm`` engine joins them in the same run: the anchor a user would pick instead.
 2. ``train``: one PPO update's time and peak memory for ``none``, the first, middle
    and last layer and ``all``, on one fixed batch, with ratios to ``all``
    (``benchmarks/train_step.py``, a fresh process per selection).
@@ -112,9 +114,13 @@ def run_sections(sections: list[str], model_spec: str = "smollm2-135m", batch_si
     if "rollout" in sections:
         from onelayer.benchmarks.rollout import measure
 
+        engines, vllm_note = _with_vllm(list(engines))
+        if vllm_note.get("vllm"):
+            out["machine"]["vllm"] = vllm_note["vllm"]
         load = _load()
-        out["rollout"] = measure(*loaded(), list(batch_sizes), list(engines), max_new_tokens, repeats)
+        out["rollout"] = measure(*loaded(), list(batch_sizes), engines, max_new_tokens, repeats)
         out["rollout"]["load_before"] = load
+        out["rollout"]["vllm"] = vllm_note
     if "train" in sections:
         from onelayer.benchmarks import train_step
 
@@ -138,6 +144,27 @@ def run_sections(sections: list[str], model_spec: str = "smollm2-135m", batch_si
     return out
 
 
+def _with_vllm(engines: list[str]) -> tuple[list[str], dict]:
+    """The rollout engines plus ``vllm`` where vLLM runs here, and a note saying which vLLM or why not.
+
+    On vLLM's CPU build the KV cache is set to 2 GiB (``VLLM_CPU_KVCACHE_SPACE``, unless set): enough for
+    64 sequences of the benchmark's length, where vLLM's own default would reserve 30% of the RAM.
+    """
+    from onelayer.agents.vllm_engine import check_vllm_available
+    from onelayer.errors import UserError
+
+    try:
+        device = check_vllm_available()
+    except UserError as e:
+        return engines, {"skipped": str(e)}
+    import vllm
+
+    if device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    note = {"vllm": vllm.__version__, "device": device, "kv_cache_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}
+    return (engines if "vllm" in engines else [*engines, "vllm"]), note
+
+
 def _gpu_section(model_spec: str) -> dict:
     import importlib.util
 
@@ -159,6 +186,9 @@ def print_tables(result: dict) -> None:
 
         print(f"\n== rollout (load before: {result['rollout']['load_before']})")
         print_table(result["rollout"])
+        note = result["rollout"].get("vllm", {})
+        print(f"vllm: {note['skipped']}" if "skipped" in note else
+              f"vllm {note.get('vllm')} on {note.get('device')} (rows 'vllm'; on the CPU eager, in the model's dtype)")
     if "train" in result:
         rows = result["train"]["rows"]
         print(f"\n== training step (load before: {result['train']['load_before']})")

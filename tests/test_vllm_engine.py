@@ -318,3 +318,22 @@ def test_a_sync_on_the_cpu_repacks_exactly_the_layers_whose_weights_it_loaded(fa
     repacked = [layer for layer, _ in fake_cpu_vllm.calls]
     assert len(repacked) == 2 and model.embed in repacked and model.head in repacked
     assert all(remove is False for _, remove in fake_cpu_vllm.calls)
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is importable here")
+def test_bench_leaves_vllm_out_of_the_rollout_section_with_the_reason_where_it_is_missing():
+    from onelayer.benchmarks.bench import _with_vllm
+
+    engines, note = _with_vllm(["hf", "llamacpp"])
+    assert engines == ["hf", "llamacpp"] and "needs the vllm package" in note["skipped"]
+
+
+def test_bench_adds_vllm_beside_onelayers_engines_where_it_runs(fake_cpu_vllm, monkeypatch):
+    from onelayer.benchmarks.bench import _with_vllm
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "")  # recorded, so the value set below is undone too
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    engines, note = _with_vllm(["hf", "llamacpp"])
+    assert engines == ["hf", "llamacpp", "vllm"] and note["device"] == "cpu" and note["vllm"] == "0.32.0"
+    assert note["kv_cache_gib"] == "2", "vLLM's CPU default would reserve 30% of the RAM"
+    assert _with_vllm(["vllm"])[0] == ["vllm"]

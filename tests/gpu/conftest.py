@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The checks shared with the CPU real-vLLM tests (tests/real_vllm/engine_checks.py): that folder is no package
+# (see its module docstring), so it is put on the path here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "real_vllm"))
 
 
 def _missing() -> str | None:

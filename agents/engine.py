@@ -37,6 +37,10 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # "stop" (hit EOS) or "length" (hit max_new_tokens)
+    # With ``HFEngine.capture_block`` set: the hidden states that entered that decoder block while this response
+    # was sampled, one row per position of prompt + response except the last response token (never fed back),
+    # shape (len(prompt) + len(token_ids) - 1, hidden).
+    hidden: torch.Tensor | None = None
 
 
 class RolloutEngine(Protocol):
@@ -113,7 +117,14 @@ class HFEngine:
     steps of dead rows). Neither changes what is computed for a live row, so
     greedy tokens equal those of the plain path (``share_prefix=False,
     compact_fraction=0``) and of ``model.generate``.
+
+    ``capture_block = l`` (the trainer sets it while sampling for an update that
+    trains only blocks >= l) keeps, for every generation, the hidden states that
+    entered block ``l`` (``Generation.hidden``): the frozen blocks below it then
+    need not run again in the update. Storing them is the only cost.
     """
+
+    capture_block: int | None = None
 
     def __init__(self, model, tokenizer, max_batch_size: int = 64, share_prefix: bool = True,
                  compact_fraction: float = 0.25):
@@ -166,6 +177,24 @@ class HFEngine:
                           **{self._cache_kw: cache}).logits[:, -1, :]
 
     def _generate_batch(self, prompts, params: SamplingParams, gen: torch.Generator, device) -> list[Generation]:
+        if self.capture_block is None:
+            return self._sample_batch(prompts, params, gen, device, None)
+        from onelayer.agents.models import find_decoder_blocks
+
+        seen: list[torch.Tensor] = []
+
+        def grab(module, args, kwargs):
+            seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = find_decoder_blocks(self.model)[1][self.capture_block].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            return self._sample_batch(prompts, params, gen, device, seen)
+        finally:
+            handle.remove()
+
+    def _sample_batch(self, prompts, params: SamplingParams, gen: torch.Generator, device,
+                      seen: list[torch.Tensor] | None) -> list[Generation]:
+        """One micro-batch; ``seen`` (when capturing) receives the captured block input of every forward."""
         from transformers import DynamicCache
 
         n = len(prompts)
@@ -182,6 +211,11 @@ class HFEngine:
         cache = DynamicCache()
         logits = self._forward(ids, full_mask[:, :width], positions, cache)
         step_pos = positions[:, -1:] + 1
+        # Captured states per original row: its prompt's prefill rows, then one row per token fed back.
+        captured: list[list[torch.Tensor]] | None = None
+        if seen is not None:
+            pre = seen.pop()
+            captured = [[pre[owner[i], width - len(prompts[i]):]] for i in range(n)]
         if len(uniq) < n:  # expand the shared prefills to one cache row per prompt
             idx = torch.tensor(owner, device=device)
             cache.batch_select_indices(idx)
@@ -218,7 +252,13 @@ class HFEngine:
                 rows, live = [rows[r] for r in keep], [True] * len(keep)
             logits = self._forward(nxt[:, None], full_mask[:, : width + t + 1], step_pos, cache)
             step_pos = step_pos + 1
-        return [Generation(t, lp, f) for t, lp, f in zip(tokens, logps, finish)]
+            if captured is not None:  # the token just fed is not a row's last one exactly when the row is live
+                fed = seen.pop()
+                for r, row in enumerate(rows):
+                    if live[r]:
+                        captured[row].append(fed[r])
+        hidden = [torch.cat(c).cpu() for c in captured] if captured is not None else [None] * n
+        return [Generation(t, lp, f, h) for t, lp, f, h in zip(tokens, logps, finish, hidden)]
 
 
 # ---------------------------------------------------------------- registry

@@ -91,6 +91,7 @@ class _Turn:
     truncated: bool = False
     candidates: list[list[int]] | None = None
     choice: int | None = None
+    hidden: object = None  # the engine's captured lower-block states (Generation.hidden)
 
 
 def _score_turn(engine, builder: PromptBuilder, prompts: list[list[int]], shown: list[list[str] | None],
@@ -196,7 +197,8 @@ def collect(
         if scoring:
             gens, acts = _score_turn(engine, prompt_builder, prompts, [shown[i] for i in ready], turn_params)
         else:
-            gens = [_Turn(list(g.token_ids), list(g.logprobs), g.finish_reason == "length")
+            gens = [_Turn(list(g.token_ids), list(g.logprobs), g.finish_reason == "length",
+                          hidden=getattr(g, "hidden", None))
                     for g in (engine.generate(prompts, turn_params) if prompts else [])]
             acts = []
             for i, g in zip(ready, gens):
@@ -220,7 +222,7 @@ def collect(
                 reward=float(reward) - (invalid_action_penalty if invalid else 0.0), anchor=prev.get("anchor", obs[i]),
                 invalid_action=invalid, response_truncated=g.truncated, info=info,
                 state_anchor=prev.get("state_anchor"), action=action, env_reward=float(reward),
-                candidates=g.candidates, choice=g.choice,
+                candidates=g.candidates, choice=g.choice, lower_hidden=g.hidden,
             ))
             trajs[i].success = bool(info.get("success", info.get("won", trajs[i].success)))
             history[i].append((obs[i], action))

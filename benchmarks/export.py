@@ -141,25 +141,8 @@ def _trained_names(run_dir: Path) -> list[str]:
 
 
 def _make_plain(model) -> None:
-    """Take off what makes ``save_pretrained`` write something other than a plain model.
-
-    A GGUF model's weights are dequantized when it loads but its quantizer
-    stays attached (save_pretrained refuses it, and the config would claim a
-    gguf quantization); transformers' own ``remove_quantization_config`` drops
-    the quantizer, ``quantization_config`` and the GGUF key mapping. Leftover
-    peft markers would make save_pretrained write adapters only.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        method = getattr(quantizer.quantization_config, "quant_method", None)
-        if getattr(method, "value", method) != "gguf":
-            # Other quantizers keep packed integer weights: saving them as a plain model would be wrong.
-            raise UserError(f"cannot export a model quantized with {getattr(method, 'value', method)}: only GGUF "
-                            "models (dequantized at load) and unquantized models export as plain HF models")
-        quantizer.remove_quantization_config(model)
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if attr in vars(model):
-            delattr(model, attr)
+    """``agents.models.make_plain``, then refuse LoRA adapters that did not merge."""
+    make_plain(model)
     left = [n for n, _ in model.named_parameters() if ".lora_" in n]
     if left:
         raise UserError(f"the run's LoRA adapters did not merge ({left[0]} is still in the model): "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onelayer.errors import UserError
+from onelayer.io import cache_root
 
 TASK_TYPES: dict[int, str] = {
     1: "pick_and_place_simple",
@@ -168,14 +169,6 @@ def real_data_path(split: str) -> Path | None:
     root = os.environ.get("ALFWORLD_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "alfworld")
     path = Path(root).expanduser() / REAL_DATA_SUBDIR / REAL_SPLIT_DIRS[split]
     return path if path.is_dir() else None
-
-
-def cache_root() -> Path:
-    """onelayer's cache folder: ``$ONELAYER_CACHE``, else ``$XDG_CACHE_HOME/onelayer``, else ``~/.cache/onelayer``."""
-    if os.environ.get("ONELAYER_CACHE"):
-        return Path(os.environ["ONELAYER_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "onelayer"
 
 
 def _check_generated(split: str, games: str) -> None:

@@ -82,3 +82,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 break  # torn final line from a killed writer
             raise ValueError(f"{path} line {i + 1} is not valid JSON ({e.msg})") from None
     return records
+
+
+def cache_root() -> Path:
+    """onelayer's cache folder: ``$ONELAYER_CACHE``, else ``$XDG_CACHE_HOME/onelayer``, else ``~/.cache/onelayer``."""
+    if os.environ.get("ONELAYER_CACHE"):
+        return Path(os.environ["ONELAYER_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onelayer"

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from onelayer.agents.models import make_plain
 from onelayer.benchmarks.evaluate import load_run_model, read_run_train_config
 from onelayer.errors import UserError
 from onelayer.io import atomic_write_json

@@ -409,6 +409,10 @@ def _score(trainer, blocks, chosen, cfg, own_suite, batches, panel_batches, pane
         prows = rows_from(trajs, [np.zeros(tr.length) for tr in trajs])
         owner = np.asarray([k for k, tr in enumerate(trajs) for s in tr.steps if s.response_ids])
         returns = np.asarray([tr.episode_return for tr in trajs], dtype=np.float64)
+        if len(returns) < 2 or np.ptp(returns) == 0:
+            raise UserError(f"the look-ahead's panel of {len(returns)} rollouts has one reward for all "
+                            f"({returns[0] if len(returns) else 'none'}): no reward change can show on it; raise "
+                            "--panel-batches, or probe a task the base model sometimes solves")
         base_lp = _sequence_logprobs(logprobs, prows, cfg.micro_batch_size)
         stages["panel_s"] = time.perf_counter() - t
         panel = (prows, owner, returns, base_lp)

@@ -160,10 +160,12 @@ def test_the_lookahead_step_is_the_trainers_single_layer_step(tiny_model_dirs, t
     assert max(float((stepped[n] - before[n]).abs().max()) for n in before) == pytest.approx(2e-3, rel=0.01)
 
 
-def test_a_batch_without_signal_is_a_user_error(tiny_model_dirs, tmp_path):
-    # math on a random tiny model: every answer is wrong, every advantage 0, every gradient 0
-    with pytest.raises(UserError, match="carry no learning signal"):
-        _probe(tiny_model_dirs["qwen3"], tmp_path / "p", methods=["grad-norm"], batches=1,
+@pytest.mark.parametrize("method,message", [("grad-norm", "carry no learning signal"),
+                                            ("lookahead", "panel of 8 rollouts has one reward for all")])
+def test_a_batch_without_signal_is_a_user_error(method, message, tiny_model_dirs, tmp_path):
+    # math on a random tiny model: every answer is wrong, every reward and advantage 0, every gradient 0
+    with pytest.raises(UserError, match=message):
+        _probe(tiny_model_dirs["qwen3"], tmp_path / "p", methods=[method], batches=1,
                train={k: v for k, v in TINY_TRAIN.items() if k != "reward_funcs"})
     assert not (tmp_path / "p" / "ranking.json").exists()
 

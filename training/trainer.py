@@ -2,9 +2,15 @@
 
 One step::
 
-    rollouts (engine, no grad) -> rewards -> group advantages (pure function)
+    rollouts (engine, no grad) -> rewards -> group advantages (the run's registered estimator)
     -> PPO-clipped loss on response tokens (micro-batched) -> AdamW on the
     selected parameters only -> proof that they moved -> metrics.jsonl
+
+Read top to bottom: 1. the run directory and resume, 2. the metric sinks, 3. the
+trainer: its setup, then the loop (sample -> advantages -> update -> evaluate -> save).
+The update itself is ``ppo_update`` (training/ppo.py); what FSDP changes sits behind
+``SingleProcess`` / ``FSDPHooks`` (training/fsdp_hooks.py), the log-prob path behind
+``RowLogprobs`` (training/rows.py), the one-off setup checks in training/run_setup.py.
 
 Only the selected parameters require grad, so no autograd graph is built for
 the blocks below the lowest trained one and the optimizer holds state for the
@@ -15,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +35,18 @@ import numpy as np
 import torch
 
 from onelayer.agents.engine import SamplingParams, make_engine
-from onelayer.agents.evaluation import EvalResult, evaluate_policy, make_eval_env
+from onelayer.agents.evaluation import EvalResult, evaluate_policy
 from onelayer.agents.models import load_model, resolve_model
 from onelayer.agents.prompts import PromptBuilder
 from onelayer.agents.rollout import EpisodeSpec, collect
 from onelayer.agents.trajectory import Trajectory
 from onelayer.agents.weight_sync import trained_tensors
 from onelayer.envs.domain import domain_spec
-from onelayer.errors import TrainingError, UserError
+from onelayer.errors import UserError
 from onelayer.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from onelayer.training import checkpoint as ckpt
 from onelayer.training import distributed as fsdp
+from onelayer.training import run_setup
 from onelayer.training.advantages import ESTIMATORS
 from onelayer.training.config import TrainConfig
 from onelayer.training.engine_logprobs import EngineLogprobs
@@ -47,16 +54,10 @@ from onelayer.training.fsdp_hooks import FSDPHooks, SingleProcess
 from onelayer.training.insert import insert_block
 from onelayer.training.layers import (
     LayerSelection,
-    RankedLayers,
     apply_selection,
     explicit_spec,
     find_decoder_blocks,
-    is_ranked_spec,
-    resolve_ranked_spec,
-    select_parameters,
 )
-from onelayer.training.logprobs import LowerStack
-from onelayer.training.lora import attach_lora, lora_selection, plan_lora
 from onelayer.training.memory import checkpoint_blocks, keep_fp32_master
 from onelayer.training.optim import (
     build_param_groups,
@@ -88,17 +89,137 @@ class RunResult:
     metrics: list[dict]
 
 
-def _load_reward_funcs(specs: list[str]):
-    funcs = []
-    for spec in specs:
-        mod, _, name = spec.partition(":")
-        try:
-            funcs.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"cannot import reward function {spec!r}: {e}") from None
-    return funcs
+# ----------------------------------------------------------------- 1. the run directory and resume
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    """Create the run directory; refuse to start over a run, or to resume one with other options."""
+    rd = run_dir
+    if resume:
+        if not (rd / ckpt.CONFIG_FILE).is_file():
+            if ckpt.checkpoint_dirs(rd) or (rd / ckpt.METRICS_FILE).exists():
+                raise UserError(f"cannot resume {rd}: {rd / ckpt.CONFIG_FILE} (the run's options) is missing; restore "
+                                "it from a copy, or start a new run with another --out")
+            raise UserError(f"cannot resume: {rd} has no {ckpt.CONFIG_FILE}; start the run without --resume")
+        stored = TrainConfig.from_dict(ckpt.read_run_config(rd)["config"], where=str(rd / ckpt.CONFIG_FILE))
+        diffs = [k for k in TrainConfig.field_names()
+                 if k not in RESUMABLE_CHANGES | {"out"} and getattr(stored, k) != getattr(config, k)]
+        if diffs:
+            raise UserError(
+                f"cannot resume {rd} with different options: {', '.join(diffs)} "
+                f"(stored: {', '.join(f'{k}={getattr(stored, k)!r}' for k in diffs)}); only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change")
+    elif (rd / ckpt.METRICS_FILE).exists() or (rd / ckpt.CONFIG_FILE).exists():
+        raise UserError(f"run directory {rd} already holds a run: pass --resume to continue it, or choose another --out")
+    rd.mkdir(parents=True, exist_ok=True)
 
 
+def _load_newest_checkpoint(run_dir: Path, load: Callable[[Path], None]) -> tuple[Path, dict] | None:
+    """Load the newest usable checkpoint with ``load``; its folder and state, or None when none is complete.
+
+    A damaged checkpoint falls back to the one before it; when complete ones exist but none loads,
+    resuming is refused (restarting from step 0 would silently throw the run away).
+    """
+    skipped = []
+    for d in reversed(ckpt.checkpoint_dirs(run_dir)):  # newest first
+        problem = ckpt.checkpoint_problem(d)
+        if problem is None:
+            try:
+                state = ckpt.load_state(d)
+                load(d)
+                return d, state
+            except Exception as e:  # any unreadable file means: try the checkpoint before it
+                problem = f"cannot be loaded ({' '.join(str(e).split())[:200]})"
+        skipped.append(f"{d} {problem}")
+        print(f"resume: skipping checkpoint {d}: it {problem}", file=sys.stderr)
+    if any("incomplete" not in s for s in skipped):
+        raise UserError(f"cannot resume {run_dir}: no usable checkpoint ({'; '.join(skipped)}); move "
+                        f"{run_dir / 'checkpoints'} away to restart from step 0, or start a new run with another --out")
+    return None
+
+
+def _keep_metrics_up_to(run_dir: Path, step: int) -> None:
+    """Drop metrics.jsonl lines of steps after the checkpoint: they will be redone identically."""
+    metrics = run_dir / ckpt.METRICS_FILE
+    try:
+        kept = [m for m in read_jsonl(metrics) if isinstance(m, dict) and m.get("step", 0) <= step]
+    except ValueError as e:  # a damaged line other than a torn last one
+        raise UserError(f"cannot resume {run_dir}: {' '.join(str(e).split())[:200]}; delete or fix that "
+                        "line, then --resume again") from None
+    if len({m["step"] for m in kept if isinstance(m.get("step"), int) and m["step"] > 0}) < step:
+        print(f"resume: {metrics} lacks lines for some of steps 1..{step} (missing or cut short); "
+              "training goes on, those steps keep no metrics", file=sys.stderr)
+    atomic_write_text(metrics, "".join(json.dumps(m) + "\n" for m in kept))
+
+
+def _store_resumable_options(run_dir: Path, config: TrainConfig) -> None:
+    """config.json takes this invocation's values of the options a resume may change."""
+    stored = ckpt.read_run_config(run_dir)
+    stored["config"].update({k: getattr(config, k) for k in RESUMABLE_CHANGES})
+    atomic_write_json(run_dir / ckpt.CONFIG_FILE, stored)
+
+
+def _read_eval(path: Path, fallback: dict | None) -> dict | None:
+    """The run's eval.json, or ``fallback`` when it is absent or damaged (it is rewritten by the next evaluation)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return fallback
+    except (ValueError, UnicodeDecodeError):
+        print(f"warning: {path} is damaged (not valid JSON); the next evaluation rewrites it", file=sys.stderr)
+        return fallback
+
+
+# ----------------------------------------------------------------- 2. the metric sinks
+class MetricSinks:
+    """Where each step's metrics go: metrics.jsonl in the run directory, and TensorBoard / W&B on request.
+
+    Only the process that writes the run directory (FSDP: rank 0) is ``enabled``.
+    """
+
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool = True):
+        self.path = run_dir / ckpt.METRICS_FILE if enabled else None
+        report_to = config.report_to if enabled else []
+        self.tb = self.wandb = None
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--report-to wandb needs the wandb package: pip install wandb") from None
+            import os
+
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "onelayer"), dir=str(run_dir),
+                                    mode=os.environ.get("WANDB_MODE", "offline"), config=config.to_dict(),
+                                    name=run_dir.name)
+
+    def append(self, record: dict) -> None:
+        """Add ``record`` to metrics.jsonl only (the base model's evaluation at step 0)."""
+        if self.path is not None:
+            append_jsonl(self.path, record)
+
+    def log(self, record: dict, step: int) -> None:
+        """Add a step's ``record`` to metrics.jsonl and send its numbers to TensorBoard / W&B."""
+        self.append(record)
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                if self.tb is not None:
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard / W&B."""
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ----------------------------------------------------------------- 3. the trainer
 class Trainer:
     """Holds the model, optimizer and run directory of one RL run."""
 
@@ -108,17 +229,21 @@ class Trainer:
         self._main = self.dist is None or self.dist.is_main  # the process that writes the run directory
         self.config = config
         self.run_dir = Path(config.out or config.default_out())
+
+        # Whatever can be refused is checked before anything is written.
         if model is None:
-            resolve_model(config.model)  # a missing model file fails before anything is written
+            resolve_model(config.model)  # a missing model file
         self.domain_spec = domain_spec(config.env)  # what the harness needs to know about the env
         self.domain, self.metric = self.domain_spec.name, self.domain_spec.metric
-        self.envs = self._make_envs()  # bad env options or a missing dataset fail before any work, too
-        self._check_eval_size()
-        self.reward_funcs = _load_reward_funcs(config.reward_funcs)
-        self.ranked = self._resolve_ranked_specs(resume)  # a missing sweep fails before anything is written
+        self.envs = run_setup.make_envs(config)  # bad env options or a missing dataset
+        run_setup.check_eval_size(config)
+        self.reward_funcs = run_setup.load_reward_funcs(config.reward_funcs)
+        self.ranked = run_setup.resolve_ranked_specs(config, self.run_dir, resume, self.domain_spec.name)  # a missing sweep
         if self._main:
-            self._prepare_run_dir(resume)
+            _prepare_run_dir(self.run_dir, config, resume)
         torch.manual_seed(config.seed)
+
+        # The model and the trained selection.
         if model is None:
             model, tokenizer, source = load_model(config.model, self.dist.device if self.dist else config.device,
                                                   config.dtype)
@@ -129,27 +254,31 @@ class Trainer:
         if config.insert_layer and getattr(model, "_onelayer_inserted", None) != (config.insert_layer, config.insert_at):
             insert_block(model, config.insert_layer, config.insert_at)
         self.model.eval()
-        self.selection = self._select_layers(model)
+        self.selection, self.lora = run_setup.select_layers(model, config, self.ranked)
         self.params = apply_selection(model, self.selection)
         if config.fp32_master_weights:
             keep_fp32_master(model, self.params)  # a bf16 model trains fp32 tensors with fp32 AdamW state
         if self.dist is not None:  # FSDP replaces every parameter by its shard (a DTensor): select them again
             fsdp.shard_model(model, find_decoder_blocks(model)[1])
             self.params = [p for _, p in model.named_parameters() if p.requires_grad]
-        # What FSDP does differently (batch-wide sums and norms, gathered weights, rank 0 writes) sits behind these hooks.
+        # What FSDP does differently (its share of the batch, batch-wide sums, gathered weights, rank 0 writes).
         self.ranks = FSDPHooks(model, self.dist) if self.dist is not None else SingleProcess(model)
         self.param_names = list(self.selection.param_names)
+
+        # The optimizer, and what the update reuses.
         self.lr_scale = single_layer_scale(self.selection, config.single_layer_lr_scale) if self.lora is None else 1.0
         self.param_groups = build_param_groups(model, self.selection, config.lr * self.lr_scale,
                                                parse_layer_lr(config.layer_lr),
                                                {s: explicit_spec(s, self.ranked) for s in self.ranked})
         self.optimizer = make_optimizer(model, self.param_groups, config.weight_decay)
-        self._check_optimizer()
+        run_setup.check_optimizer(model, self.optimizer, self.params)
         # Reference weights: the initial values of the trained tensors only (the rest never change).
         self.ref_values = [p.detach().clone() for p in self.params] if (config.beta > 0 or config.kl_metric) else None
-        self.lower = self._lower_stack() if self.dist is None else None
+        self.lower = run_setup.lower_stack(model, self.selection, config) if self.dist is None else None
         if config.gradient_checkpointing and self.selection.lowest_layer is not None:
             checkpoint_blocks(find_decoder_blocks(model)[1], self.selection.lowest_layer)
+
+        # The rollout side: engine, prompts, action parsing.
         self.engine = make_engine(config.engine, model, tokenizer, max_batch_size=config.rollout_batch_size,
                                   **config.engine_options())
         self.prompts = PromptBuilder.for_domain(tokenizer, self.domain_spec, config.prompt_template, config.system_prompt,
@@ -163,131 +292,20 @@ class Trainer:
         self.parse_actions = self.domain_spec.actions
         self.invalid_penalty = (config.invalid_action_penalty if config.invalid_action_penalty is not None
                                 else self.domain_spec.invalid_action_penalty)
-        self._check_prompt_fits()
-        self.max_turns = config.max_turns or (self.envs[0].spec.max_episode_steps if self.envs[0].spec and self.envs[0].spec.max_episode_steps else 1)
+        run_setup.check_prompt_fits(self.envs[0], self.prompts, config)
+        spec = self.envs[0].spec
+        self.max_turns = config.max_turns or (spec.max_episode_steps if spec and spec.max_episode_steps else 1)
+
         self.start_step = 0
-        self.sinks = _Sinks(config.report_to if self._main else [], self.run_dir, config)
+        self.sinks = MetricSinks(self.run_dir, config, enabled=self._main)
         if resume:
             self._resume()
         elif self._main:
             self._write_config()
 
-    # ------------------------------------------------------------------ setup
-    def _prepare_run_dir(self, resume: bool) -> None:
-        rd = self.run_dir
-        if resume:
-            if not (rd / ckpt.CONFIG_FILE).is_file():
-                if ckpt.checkpoint_dirs(rd) or (rd / ckpt.METRICS_FILE).exists():
-                    raise UserError(f"cannot resume {rd}: {rd / ckpt.CONFIG_FILE} (the run's options) is missing; restore "
-                                    "it from a copy, or start a new run with another --out")
-                raise UserError(f"cannot resume: {rd} has no {ckpt.CONFIG_FILE}; start the run without --resume")
-            stored = TrainConfig.from_dict(ckpt.read_run_config(rd)["config"], where=str(rd / ckpt.CONFIG_FILE))
-            diffs = [k for k in TrainConfig.field_names()
-                     if k not in RESUMABLE_CHANGES | {"out"} and getattr(stored, k) != getattr(self.config, k)]
-            if diffs:
-                raise UserError(
-                    f"cannot resume {rd} with different options: {', '.join(diffs)} "
-                    f"(stored: {', '.join(f'{k}={getattr(stored, k)!r}' for k in diffs)}); only "
-                    f"{', '.join(sorted(RESUMABLE_CHANGES))} may change")
-        elif (rd / ckpt.METRICS_FILE).exists() or (rd / ckpt.CONFIG_FILE).exists():
-            raise UserError(f"run directory {rd} already holds a run: pass --resume to continue it, or choose another --out")
-        rd.mkdir(parents=True, exist_ok=True)
-
-    def _resolve_ranked_specs(self, resume: bool) -> dict[str, RankedLayers]:
-        """Resolve every top:K@DIR / bottom:K@DIR spec of the config against its sweep, once.
-
-        A resumed run reuses the lists stored in its config.json and never reads the sweep again.
-        """
-        c = self.config
-        specs = [s for s in (c.layers, c.lora_matched_to, *(r.spec for r in parse_layer_lr(c.layer_lr)))
-                 if s is not None and is_ranked_spec(s)]
-        if not specs:
-            return {}
-        stored_path = self.run_dir / ckpt.CONFIG_FILE
-        stored = (ckpt.read_run_config(self.run_dir).get("ranked_layers", {})
-                  if resume and stored_path.is_file() else {})
-        domain = c.rank_domain or self.domain_spec.name
-        out = {}
-        for spec in dict.fromkeys(s.strip() for s in specs):
-            if spec in stored:
-                out[spec] = RankedLayers.from_dict(stored[spec])
-                print(f"{out[spec].describe()} (stored in {stored_path})", file=sys.stderr)
-            else:
-                out[spec] = resolve_ranked_spec(spec, domain)
-                print(out[spec].describe(), file=sys.stderr)
-        return out
-
-    def _select_layers(self, model) -> LayerSelection:
-        """The trained tensors: the --layers selection, or LoRA adapters on its blocks (attached here)."""
-        c = self.config
-        layers = explicit_spec(c.layers, self.ranked)
-        self.lora = None
-        if c.lora_rank is None and c.lora_matched_to is None:
-            selection = select_parameters(model, layers, c.also_train)
-        else:
-            matched = explicit_spec(c.lora_matched_to, self.ranked) if c.lora_matched_to else None
-            self.lora = plan_lora(model, layers, c.lora_rank, matched, c.lora_alpha, c.lora_dropout)
-            attach_lora(model, self.lora)
-            selection = lora_selection(model, self.lora)
-        for ranked in self.ranked.values():
-            if max(ranked.layers) >= selection.num_layers:
-                raise UserError(f"{ranked.spec} names layer {max(ranked.layers)} but the model has {selection.num_layers} "
-                                "layers: was the sweep run on another model?")
-        if is_ranked_spec(c.layers) and self.lora is None:
-            selection.spec = c.layers.strip()
-        return selection
-
-    def _check_optimizer(self) -> None:
-        """The optimizer's parameter set must be exactly the selection (a silent no-train guard)."""
-        trainable = {id(p) for p in self.model.parameters() if p.requires_grad}
-        in_opt = {id(p) for g in self.optimizer.param_groups for p in g["params"]} if self.optimizer else set()
-        selected = {id(p) for p in self.params}
-        if not (trainable == in_opt == selected):
-            raise TrainingError(
-                f"optimizer holds {len(in_opt)} tensors, {len(trainable)} require grad, the selection has "
-                f"{len(selected)}: they must be the same set")
-
-    def _lower_stack(self) -> LowerStack | None:
-        """Reuse the frozen blocks' output below the lowest trained block (when everything trained is a block)."""
-        low, sel = self.selection.lowest_layer, self.selection
-        if not self.config.reuse_lower_hidden or not low or not sel.blocks_path:
-            return None
-        if not all(n.startswith(sel.blocks_path + ".") for n in sel.param_names):
-            return None
-        return LowerStack(self.model, find_decoder_blocks(self.model)[1], low)
-
-    def _make_envs(self) -> list[gym.Env]:
-        c = self.config
-        kwargs = dict(c.env_kwargs)
-        try:
-            envs = [gym.make(c.env, **kwargs) for _ in range(c.num_tasks * c.num_generations)]
-        except UserError:  # the env's own one-line refusal (e.g. no sandbox isolation) stands as it is
-            raise
-        except (TypeError, ValueError) as e:
-            raise UserError(f"bad env_kwargs {kwargs} for {c.env}: {e}") from None
-        return envs
-
-    def _check_eval_size(self) -> None:
-        """The eval split must hold the ``eval_size`` items the run will score (checked before any step)."""
-        c = self.config
-        if not c.eval_size:
-            return
-        env = make_eval_env(c.env, c.env_kwargs)
-        n = getattr(env.unwrapped, "num_tasks", None)
-        env.close()
-        if n is not None and n < c.eval_size:
-            raise UserError(f"{c.env}'s eval split has {n} tasks but --eval-size is {c.eval_size}: pass --eval-size "
-                            f"{n} or less (0: no evaluation)")
-
-    def _check_prompt_fits(self) -> None:
-        """A first prompt longer than max_prompt_length would truncate every episode: say so up front."""
-        obs, info = self.envs[0].reset(seed=self.config.seed)
-        n = len(self.prompts.encode(obs, admissible=info.get("admissible_actions"), task=info.get("task"), step=1))
-        if n > self.config.max_prompt_length:
-            raise UserError(f"max_prompt_length {self.config.max_prompt_length} is shorter than the env's first prompt "
-                            f"({n} tokens): raise --max-prompt-length")
-
+    # ------------------------------------------------------------- run directory
     def _write_config(self) -> None:
+        """config.json: the run's options and what they resolved to."""
         atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, {
             "config": self.config.to_dict(), "selection": self.selection.to_dict(),
             "model_source": self.model_source, "loss_agg": self.config.resolved_loss_agg(),
@@ -300,206 +318,62 @@ class Trainer:
         })
 
     def _resume(self) -> None:
+        """Continue from the newest usable checkpoint, or from step 0 when there is none."""
         if self._main:
             ckpt.remove_leftovers(self.run_dir)  # temp files of writes a kill interrupted
         self.ranks.barrier()  # FSDP: no rank reads checkpoints before rank 0 has tidied the run directory
-        last, skipped = None, []
-        for d in reversed(ckpt.checkpoint_dirs(self.run_dir)):  # newest first; a damaged one falls back to the one before
-            problem = ckpt.checkpoint_problem(d)
-            if problem is None:
-                try:
-                    state = ckpt.load_state(d)
-                    self.ranks.load_checkpoint(d, self.optimizer)  # FSDP: every rank keeps its shards
-                    last = d
-                    break
-                except Exception as e:  # any unreadable file means: try the checkpoint before it
-                    problem = f"cannot be loaded ({' '.join(str(e).split())[:200]})"
-            skipped.append(f"{d} {problem}")
-            print(f"resume: skipping checkpoint {d}: it {problem}", file=sys.stderr)
-        if last is None and any("incomplete" not in s for s in skipped):
-            raise UserError(f"cannot resume {self.run_dir}: no usable checkpoint ({'; '.join(skipped)}); move "
-                            f"{self.run_dir / 'checkpoints'} away to restart from step 0, or start a new run with another --out")
-        if last is None:
+        found = _load_newest_checkpoint(self.run_dir, lambda d: self.ranks.load_checkpoint(d, self.optimizer))
+        if found is None:
             print(f"resume: {self.run_dir} has no complete checkpoint; starting from step 0", file=sys.stderr)
             if self._main:
                 atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "")
                 self._write_config()
             return
+        last, state = found
         self._sync_engine()
         self.start_step = int(state["step"])
-        if not self._main:
-            return
-        # Drop metrics of steps after the checkpoint: they will be redone identically.
-        metrics = self.run_dir / ckpt.METRICS_FILE
-        try:
-            kept = [m for m in read_jsonl(metrics) if isinstance(m, dict) and m.get("step", 0) <= self.start_step]
-        except ValueError as e:  # a damaged line other than a torn last one
-            raise UserError(f"cannot resume {self.run_dir}: {' '.join(str(e).split())[:200]}; delete or fix that "
-                            "line, then --resume again") from None
-        if len({m["step"] for m in kept if isinstance(m.get("step"), int) and m["step"] > 0}) < self.start_step:
-            print(f"resume: {metrics} lacks lines for some of steps 1..{self.start_step} (missing or cut short); "
-                  "training goes on, those steps keep no metrics", file=sys.stderr)
-        atomic_write_text(self.run_dir / ckpt.METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
-        stored = ckpt.read_run_config(self.run_dir)
-        stored["config"].update({k: getattr(self.config, k) for k in RESUMABLE_CHANGES})
-        atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, stored)
-        print(f"resumed {self.run_dir} at step {self.start_step} (from {last})", file=sys.stderr)
+        if self._main:
+            _keep_metrics_up_to(self.run_dir, self.start_step)
+            _store_resumable_options(self.run_dir, self.config)
+            print(f"resumed {self.run_dir} at step {self.start_step} (from {last})", file=sys.stderr)
 
-    # --------------------------------------------------------------- sampling
-    def _episodes(self, step: int) -> list[EpisodeSpec]:
-        c = self.config
-        rng = random.Random(derive_seed("tasks", c.seed, step))
-        specs = []
-        for g in range(c.num_tasks):
-            task_seed = rng.randrange(2**31)
-            specs += [EpisodeSpec(group=g, sample=k, seed=task_seed) for k in range(c.num_generations)]
-        return specs
-
-    def sample(self, step: int) -> list[Trajectory]:
-        """Collect ``num_tasks x num_generations`` episodes for ``step`` (deterministic in seed and step)."""
-        c = self.config
-        # FSDP: this rank's share of the groups, its own sampling stream, the full weights
-        episodes = self.ranks.my_episodes(self._episodes(step), c.num_tasks)
-        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p,
-                                derive_seed("sample", c.seed, step, *self.ranks.seed_parts))
-        envs = self.envs[: len(episodes)]
-        with self.ranks.sampling_weights():
-            trajs = collect(self.engine, self.prompts, envs, episodes, params,
-                            max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
-                            parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
-                            env_factory=lambda: gym.make(c.env, **c.env_kwargs))
-        self.envs[: len(episodes)] = envs  # collect replaces crashed envs in the list it is given
-        if self.reward_funcs:
-            steps = [s for t in trajs for s in t.steps]
-            prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
-            completions = [s.response_text for s in steps]
-            for fn in self.reward_funcs:
-                extra = fn(prompts=prompts, completions=completions, task_ids=[t.task_id for t in trajs for _ in t.steps])
-                if len(extra) != len(steps):
-                    raise UserError(f"reward function {fn.__name__} returned {len(extra)} values for {len(steps)} completions")
-                for s, r in zip(steps, extra):
-                    s.reward += float(r)
-        return trajs
-
-    # --------------------------------------------------------------- training
-    def advantages(self, trajs: list[Trajectory]) -> tuple[list[np.ndarray], dict]:
-        """Per-step advantages for every trajectory (one array each) and estimator diagnostics.
-
-        The estimator is the registered one of ``config.algo`` (training/advantages.py): GRPO /
-        Dr. GRPO give one advantage per trajectory from its return, broadcast to its steps;
-        GiGPO adds step-level (anchor group) advantages. Groups are the batch's tasks
-        (``Trajectory.group``).
-        """
-        return ESTIMATORS[self.config.algo](trajs, self.config)
-
-    def update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
-        """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics.
-
-        ``adv`` holds one array per trajectory with one advantage per step; each step's
-        response tokens get that step's advantage (training/ppo.py has the update itself).
-        """
-        logprobs = RowLogprobs(self.model, self.engine.pad_id, scoring=self.scoring, temperature=self.config.temperature,
-                               chunk_size=self.config.logprob_chunk_size, lower=self.lower)
-        with self.ranks.update_weights():  # FSDP: the root's frozen tensors stay gathered
-            return ppo_update(logprobs, rows_from(trajs, adv), self.config, self.optimizer, self.params,
-                              engine=self.engine_logprobs, ref_values=self.ref_values, ranks=self.ranks,
-                              selection=self.selection.describe())
-
-    # ------------------------------------------------------------- evaluation
-    def evaluate(self) -> EvalResult:
-        """Greedy score on items 0..eval_size-1 of the env's eval split."""
-        c = self.config
-        return evaluate_policy(self.engine, self.prompts, c.env, c.env_kwargs, num_items=c.eval_size,
-                               max_new_tokens=c.eval_max_new_tokens or c.max_new_tokens, temperature=0.0,
-                               seed=c.seed, batch_size=c.rollout_batch_size, max_turns=c.max_turns, metric=self.metric,
-                               parse_actions=self.parse_actions)
-
-    def _run_eval(self, step: int) -> dict:
-        t = time.time()
-        res = self.ranks.on_main(self.evaluate)  # FSDP: rank 0 evaluates with the full weights, the others wait
-        if res is None:
-            return {}
-        out = res.to_dict()
-        out.update(step=step, env=self.config.env, model=self.config.model, layers=self.config.layers,
-                   run_dir=str(self.run_dir))
-        atomic_write_json(self.run_dir / "eval.json", out)
-        return {f"eval/{res.metric}": res.value, "time/eval_s": time.time() - t}
-
-    # ------------------------------------------------------------------- loop
+    # ------------------------------------------------------------------ the loop
     def train(self, progress: bool = True) -> RunResult:
-        """Run from ``start_step`` to ``config.steps``; checkpoint, evaluate and log along the way."""
+        """Run from ``start_step`` to ``config.steps``; evaluate, log and checkpoint along the way."""
         c = self.config
-        print(self.selection.describe(), file=sys.stderr)
-        if len(self.param_groups) > 1 or self.lr_scale != 1.0:
-            print(describe_groups(self.param_groups), file=sys.stderr)
-        elif self.config.single_layer_lr_scale != 1.0:
-            print(f"single_layer_lr_scale {self.config.single_layer_lr_scale:g} does not apply: the selection is not "
-                  "one block", file=sys.stderr)
+        self._print_selection()
         final_eval = None
-        interrupted = {"flag": False}
-
-        def on_sigint(signum, frame):  # finish the current step, checkpoint, exit cleanly
-            if interrupted["flag"]:
-                raise KeyboardInterrupt
-            interrupted["flag"] = True
-            print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
-
-        old_handler = None
-        with contextlib.suppress(ValueError):  # not in the main thread
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
-        bar = _progress(c.steps, self.start_step, progress and self._main)
-        try:
-            if c.eval_at_start and c.eval_size and self.start_step == 0:
-                m = self._run_eval(0)
-                if self._main:
-                    append_jsonl(self.run_dir / ckpt.METRICS_FILE, {"step": 0, **m})
-            for step in range(self.start_step + 1, c.steps + 1):
-                record = self.train_step(step)
-                last = step == c.steps
-                if c.eval_size and ((c.eval_every and step % c.eval_every == 0) or last):
-                    ev = self._run_eval(step)
-                    record.update(ev)
-                    final_eval = ev
-                if self._main:
-                    append_jsonl(self.run_dir / ckpt.METRICS_FILE, record)
-                self.sinks.log(record, step)
-                if last or (c.save_every and step % c.save_every == 0) or interrupted["flag"]:
-                    self._save(step)
+        with _FinishStepOnInterrupt() as interrupt:
+            bar = _progress(c.steps, self.start_step, progress and self._main)
+            try:
+                if c.eval_at_start and c.eval_size and self.start_step == 0:
+                    self.sinks.append({"step": 0, **self._run_eval(0)})  # the base model's score
+                for step in range(self.start_step + 1, c.steps + 1):
+                    record = self.train_step(step)  # sample -> advantages -> update
+                    last = step == c.steps
+                    if c.eval_size and ((c.eval_every and step % c.eval_every == 0) or last):
+                        final_eval = self._run_eval(step)
+                        record.update(final_eval)
+                    self.sinks.log(record, step)
+                    if last or (c.save_every and step % c.save_every == 0) or interrupt.requested:
+                        self._save(step)
+                    _advance(bar, record)
+                    if interrupt.requested:
+                        print(f"saved checkpoint at step {step}; continue with --resume", file=sys.stderr)
+                        raise SystemExit(130)
+                if c.steps == 0 or self.start_step >= c.steps:  # no step ran: trained.safetensors still holds the weights
+                    full = self.ranks.full_model(self.param_names)  # FSDP: gathered on every rank (a collective)
+                    if self._main:
+                        ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, full, self.param_names,
+                                          {"step": self.start_step})
+                self.ranks.barrier()  # FSDP: rank 0 has written everything the others read back below
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{record['reward']:.3f}", **({k.split('/')[1]: f"{v:.3f}" for k, v in record.items() if k.startswith("eval/")}))
-                if interrupted["flag"]:
-                    print(f"saved checkpoint at step {step}; continue with --resume", file=sys.stderr)
-                    raise SystemExit(130)
-            if c.steps == 0 or self.start_step >= c.steps:  # nothing to train: still write the weights
-                full = self.ranks.full_model(self.param_names)  # FSDP: gathered on every rank (a collective)
-                if self._main:
-                    ckpt.save_trained(self.run_dir / ckpt.TRAINED_FILE, full, self.param_names, {"step": self.start_step})
-            self.ranks.barrier()  # FSDP: rank 0 has written everything the others read back below
-        finally:
-            if bar is not None:
-                bar.close()
-            self.sinks.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+                    bar.close()
+                self.sinks.close()
         return RunResult(self.run_dir, c.steps, self.selection,
                          _read_eval(self.run_dir / "eval.json", final_eval),
                          read_jsonl(self.run_dir / ckpt.METRICS_FILE))
-
-    def _sync_engine(self) -> dict:
-        """Send the trained tensors, and nothing else, to the rollout engine (the HF engine shares the model: no-op)."""
-        t = time.perf_counter()
-        sent = self.engine.sync_weights(trained_tensors(self.model, self.param_names))
-        return {"sync/bytes": getattr(sent, "bytes", 0), "time/sync_s": time.perf_counter() - t}
-
-    def _save(self, step: int) -> None:
-        """Checkpoint after ``step`` (FSDP: every rank gathers the full tensors and optimizer state, rank 0 writes)."""
-        model = self.ranks.full_model(self.param_names)
-        optimizer = self.ranks.optimizer_to_save(self.optimizer)
-        if self._main:
-            ckpt.save_checkpoint(self.run_dir, step, model, self.param_names, optimizer,
-                                 {"selection": self.selection.to_dict()}, self.config.save_total_limit)
-        self.ranks.barrier()
 
     def train_step(self, step: int) -> dict:
         """One RL step: sample, score, update. Returns the step's flat metrics."""
@@ -551,70 +425,112 @@ class Trainer:
         }
         return self.ranks.merge_records(record, returns, set(stats))  # FSDP: one record from every rank's
 
-def _read_eval(path: Path, fallback: dict | None) -> dict | None:
-    """The run's eval.json, or ``fallback`` when it is absent or damaged (it is rewritten by the next evaluation)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return fallback
-    except (ValueError, UnicodeDecodeError):
-        print(f"warning: {path} is damaged (not valid JSON); the next evaluation rewrites it", file=sys.stderr)
-        return fallback
+    def sample(self, step: int) -> list[Trajectory]:
+        """Collect ``num_tasks x num_generations`` episodes for ``step`` (deterministic in seed and step)."""
+        c = self.config
+        # FSDP: this rank's share of the groups, its own sampling stream, the full weights
+        episodes = self.ranks.my_episodes(self._episodes(step), c.num_tasks)
+        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p,
+                                derive_seed("sample", c.seed, step, *self.ranks.seed_parts))
+        envs = self.envs[: len(episodes)]
+        with self.ranks.sampling_weights():
+            trajs = collect(self.engine, self.prompts, envs, episodes, params,
+                            max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
+                            parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
+                            env_factory=lambda: gym.make(c.env, **c.env_kwargs))
+        self.envs[: len(episodes)] = envs  # collect replaces crashed envs in the list it is given
+        self._add_reward_funcs(trajs)
+        return trajs
 
+    def advantages(self, trajs: list[Trajectory]) -> tuple[list[np.ndarray], dict]:
+        """Per-step advantages for every trajectory (one array each) and estimator diagnostics.
 
-class _Sinks:
-    """Optional TensorBoard / Weights & Biases logging next to metrics.jsonl."""
+        The estimator is the registered one of ``config.algo`` (training/advantages.py); groups
+        are the batch's tasks (``Trajectory.group``).
+        """
+        return ESTIMATORS[self.config.algo](trajs, self.config)
 
-    def __init__(self, report_to: list, run_dir: Path, config: TrainConfig):
-        self.tb = self.wandb = None
-        if "tensorboard" in report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        if "wandb" in report_to:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("--report-to wandb needs the wandb package: pip install wandb") from None
-            import os
+    def update(self, trajs: list[Trajectory], adv: list[np.ndarray]) -> dict:
+        """PPO-clipped policy update of the selected parameters on one sampled batch; returns step metrics.
 
-            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "onelayer"), dir=str(run_dir),
-                                    mode=os.environ.get("WANDB_MODE", "offline"), config=config.to_dict(),
-                                    name=run_dir.name)
+        ``adv`` holds one array per trajectory with one advantage per step; each step's
+        response tokens get that step's advantage (training/ppo.py has the update itself).
+        """
+        logprobs = RowLogprobs(self.model, self.engine.pad_id, scoring=self.scoring, temperature=self.config.temperature,
+                               chunk_size=self.config.logprob_chunk_size, lower=self.lower)
+        with self.ranks.update_weights():  # FSDP: the root's frozen tensors stay gathered
+            return ppo_update(logprobs, rows_from(trajs, adv), self.config, self.optimizer, self.params,
+                              engine=self.engine_logprobs, ref_values=self.ref_values, ranks=self.ranks,
+                              selection=self.selection.describe())
 
-    def log(self, record: dict, step: int) -> None:
-        for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)):
-                if self.tb is not None:
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+    def evaluate(self) -> EvalResult:
+        """Greedy score on items 0..eval_size-1 of the env's eval split."""
+        c = self.config
+        return evaluate_policy(self.engine, self.prompts, c.env, c.env_kwargs, num_items=c.eval_size,
+                               max_new_tokens=c.eval_max_new_tokens or c.max_new_tokens, temperature=0.0,
+                               seed=c.seed, batch_size=c.rollout_batch_size, max_turns=c.max_turns, metric=self.metric,
+                               parse_actions=self.parse_actions)
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+    def _run_eval(self, step: int) -> dict:
+        """Evaluate, write eval.json, and return the metrics for the step's record."""
+        t = time.time()
+        res = self.ranks.on_main(self.evaluate)  # FSDP: rank 0 evaluates with the full weights, the others wait
+        if res is None:
+            return {}
+        out = res.to_dict()
+        out.update(step=step, env=self.config.env, model=self.config.model, layers=self.config.layers,
+                   run_dir=str(self.run_dir))
+        atomic_write_json(self.run_dir / "eval.json", out)
+        return {f"eval/{res.metric}": res.value, "time/eval_s": time.time() - t}
 
+    def _save(self, step: int) -> None:
+        """Checkpoint after ``step`` (FSDP: every rank gathers the full tensors and optimizer state, rank 0 writes)."""
+        model = self.ranks.full_model(self.param_names)
+        optimizer = self.ranks.optimizer_to_save(self.optimizer)
+        if self._main:
+            ckpt.save_checkpoint(self.run_dir, step, model, self.param_names, optimizer,
+                                 {"selection": self.selection.to_dict()}, self.config.save_total_limit)
+        self.ranks.barrier()
 
-def _progress(total: int, start: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
+    # ------------------------------------------------------------- loop helpers
+    def _episodes(self, step: int) -> list[EpisodeSpec]:
+        """The step's task groups: ``num_tasks`` task seeds, each sampled ``num_generations`` times."""
+        c = self.config
+        rng = random.Random(derive_seed("tasks", c.seed, step))
+        specs = []
+        for g in range(c.num_tasks):
+            task_seed = rng.randrange(2**31)
+            specs += [EpisodeSpec(group=g, sample=k, seed=task_seed) for k in range(c.num_generations)]
+        return specs
 
-    return tqdm(total=total, initial=start, desc="onelayer train", unit="step", file=sys.stderr)
+    def _add_reward_funcs(self, trajs: list[Trajectory]) -> None:
+        """Add the ``reward_funcs`` rewards to each step's reward (TRL's reward_funcs call)."""
+        if not self.reward_funcs:
+            return
+        steps = [s for t in trajs for s in t.steps]
+        prompts = [self.tokenizer.decode(s.prompt_ids) for s in steps]
+        completions = [s.response_text for s in steps]
+        for fn in self.reward_funcs:
+            extra = fn(prompts=prompts, completions=completions, task_ids=[t.task_id for t in trajs for _ in t.steps])
+            if len(extra) != len(steps):
+                raise UserError(f"reward function {fn.__name__} returned {len(extra)} values for {len(steps)} completions")
+            for s, r in zip(steps, extra):
+                s.reward += float(r)
 
+    def _sync_engine(self) -> dict:
+        """Send the trained tensors, and nothing else, to the rollout engine (the HF engine shares the model: no-op)."""
+        t = time.perf_counter()
+        sent = self.engine.sync_weights(trained_tensors(self.model, self.param_names))
+        return {"sync/bytes": getattr(sent, "bytes", 0), "time/sync_s": time.perf_counter() - t}
 
-def _version() -> str:
-    """The installed onelayer's version (read from its metadata: training sits below the top package)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("onelayer")
-    except PackageNotFoundError:
-        return "unknown"
+    def _print_selection(self) -> None:
+        """Say what trains, and at which learning rates."""
+        print(self.selection.describe(), file=sys.stderr)
+        if len(self.param_groups) > 1 or self.lr_scale != 1.0:
+            print(describe_groups(self.param_groups), file=sys.stderr)
+        elif self.config.single_layer_lr_scale != 1.0:
+            print(f"single_layer_lr_scale {self.config.single_layer_lr_scale:g} does not apply: the selection is not "
+                  "one block", file=sys.stderr)
 
 
 def train(config: TrainConfig | dict | None = None, resume: bool = False, progress: bool = True, model=None,
@@ -627,3 +543,53 @@ def train(config: TrainConfig | dict | None = None, resume: bool = False, progre
     if overrides:
         config = TrainConfig.from_dict({**config.to_dict(), **overrides})
     return Trainer(config, resume=resume, model=model, tokenizer=tokenizer).train(progress=progress)
+
+
+class _FinishStepOnInterrupt:
+    """Ctrl-C finishes the current step, saves a checkpoint and exits cleanly; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not in the main thread
+            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _progress(total: int, start: int, enabled: bool):
+    """A tqdm bar on stderr, or None."""
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="onelayer train", unit="step", file=sys.stderr)
+
+
+def _advance(bar, record: dict) -> None:
+    """One step done: the bar shows the step's reward and eval scores."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward']:.3f}",
+                        **{k.split("/")[1]: f"{v:.3f}" for k, v in record.items() if k.startswith("eval/")})
+
+
+def _version() -> str:
+    """The installed onelayer's version (read from its metadata: training sits below the top package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onelayer")
+    except PackageNotFoundError:
+        return "unknown"

@@ -39,3 +39,47 @@ def test_capture_of_a_block_out_of_range_fails_loudly(tokenizer, grouped_prompts
     engine.capture_block = 4  # the tiny model has blocks 0-3
     with pytest.raises(IndexError):
         engine.generate(grouped_prompts[:1], SamplingParams(max_new_tokens=2))
+
+
+def _gradients(trainer, trajs, adv) -> dict[str, torch.Tensor]:
+    """d(-sum adv * log pi) over the batch for the trained tensors, through the trainer's own log-prob path."""
+    from onelayer.training.rows import RowLogprobs, rows_from
+
+    rows = rows_from(trajs, adv)
+    lp = RowLogprobs(trainer.model, trainer.engine.pad_id, scoring=False, temperature=trainer.config.temperature,
+                     chunk_size=trainer.config.logprob_chunk_size, lower=trainer.lower)
+    lp.start(rows)
+    b = lp.batch(list(range(len(rows))))
+    assert not lp.needs_capture(b.idx) or trainer.lower is None  # every row replays the sampler's states
+    logp, _ = lp(b)
+    trainer.model.zero_grad(set_to_none=True)
+    (-(logp * b.adv * b.resp).sum()).backward()
+    return {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layers", ["0", "2", "3", "2.mlp", "all"])
+def test_the_sampler_states_path_gives_the_plain_paths_gradients(arch, layers, tiny_model_dirs, tmp_path):
+    """The update on the sampler's captured states = the update running every block (tiny Qwen3/Qwen2/Llama)."""
+    from onelayer.training.config import TrainConfig
+    from onelayer.training.trainer import Trainer
+
+    def trainer(reuse: bool, out: str):
+        cfg = TrainConfig(model=str(tiny_model_dirs[arch]), out=str(tmp_path / out), steps=1, num_tasks=2,
+                          num_generations=4, max_new_tokens=6, eval_every=0, lr=1e-3, seed=0, layers=layers,
+                          reward_funcs=["support_rewards:length_reward"], reuse_lower_hidden=reuse)
+        return Trainer(cfg)
+
+    cached, plain = trainer(True, "cached"), trainer(False, "plain")
+    assert (cached.lower is not None) == (layers in ("2", "3", "2.mlp")) and plain.lower is None
+    got, want = cached.sample(1), plain.sample(1)
+    assert [s.response_ids for t in got for s in t.steps] == [s.response_ids for t in want for s in t.steps]
+    steps = [s for t in got for s in t.steps]
+    assert all((s.lower_hidden is not None) == (cached.lower is not None) for s in steps)
+    adv_got, adv_want = cached.advantages(got)[0], plain.advantages(want)[0]
+    g_cached, g_plain = _gradients(cached, got, adv_got), _gradients(plain, want, adv_want)
+    assert g_cached.keys() == g_plain.keys() and g_cached
+    for n in g_plain:
+        scale = float(g_plain[n].abs().max())
+        assert scale > 0, n
+        torch.testing.assert_close(g_cached[n], g_plain[n], rtol=0, atol=1e-4 * scale, msg=n)

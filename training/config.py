@@ -115,7 +115,7 @@ class TrainConfig:
     reuse_lower_hidden: bool = _f(True, "Run the frozen blocks below the lowest trained block once per batch and reuse their output.")
     logprob_chunk_size: int = _f(1024, "Tokens per chunk when computing log-probs (bounds logits memory).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
-    kl_metric: bool = _f(True, "Log the KL to the reference even when beta is 0 (one extra no-grad forward).")
+    kl_metric: bool = _f(False, "Log the KL to the reference even when beta is 0 (one extra no-grad forward of the trained blocks and those above; off by default, as in TRL).")
     seed: int = _f(0, "Seed for task selection, sampling and evaluation.")
     eval_every: int = _f(10, "Evaluate on the env's eval split every N steps and at the end (0: only at the end).")
     eval_size: int = _f(256, "Evaluation items (a fixed list: items 0..N-1 of the eval split); 0: no evaluation.")

@@ -29,11 +29,13 @@ class Row:
     padding: bool = False  # FSDP: a stand-in row (no tokens count) so every rank runs as many passes
     candidates: list[list[int]] | None = None  # score action format: every admissible action's tokens
     choice: int | None = None  # score action format: the chosen candidate
+    lower_hidden: torch.Tensor | None = None  # the sampler's states entering the lowest trained block (Step.lower_hidden)
 
 
 def rows_from(trajs: list[Trajectory], adv: list[np.ndarray]) -> list[Row]:
     """One row per step that produced tokens; its tokens get that step's advantage (``adv``: one array per trajectory)."""
-    return [Row(s.prompt_ids, s.response_ids, float(a), s.logprobs, candidates=s.candidates, choice=s.choice)
+    return [Row(s.prompt_ids, s.response_ids, float(a), s.logprobs, candidates=s.candidates, choice=s.choice,
+                lower_hidden=s.lower_hidden)
             for t, a_t in zip(trajs, adv) for s, a in zip(t.steps, a_t) if s.response_ids]
 
 
@@ -66,8 +68,23 @@ class RowLogprobs:
         self._row_hidden: dict[int, torch.Tensor] = {}  # row -> hidden states entering the lowest trained block
 
     def start(self, rows: list[Row]) -> None:
-        """Work on a new batch of rows (forgets the previous batch's cached hidden states)."""
+        """Work on a new batch of rows (forgets the previous batch's cached hidden states).
+
+        Rows that carry the sampler's lower-block states (``Row.lower_hidden``, captured by an engine with
+        ``capture_block`` at the lowest trained block) replay them: the frozen blocks never run in the update.
+        """
         self.rows, self._row_hidden = rows, {}
+        if self.lower is None or self.scoring:
+            return
+        device = next(self.model.parameters()).device
+        for i, r in enumerate(rows):
+            h = r.lower_hidden
+            if h is not None and h.shape[0] == len(r.prompt_ids) + len(r.response_ids) - 1:
+                self._row_hidden[i] = h.to(device)
+
+    def needs_capture(self, idx: list[int]) -> bool:
+        """Whether any of rows ``idx`` has no lower-block states yet (``capture`` would run the frozen blocks)."""
+        return self.lower is not None and not self.scoring and any(i not in self._row_hidden for i in idx)
 
     def batch(self, idx: list[int]) -> MicroBatch:
         """Rows ``idx`` as tensors on the model's device."""
@@ -90,7 +107,7 @@ class RowLogprobs:
 
     def capture(self, b: MicroBatch) -> None:
         """Run the frozen lower blocks on ``b`` once and keep their output per row (no-op without a lower stack)."""
-        if self.lower is None or self.scoring:
+        if not self.needs_capture(b.idx):
             return
         h = self.lower.capture(b.ids, b.attn)
         for j, i in enumerate(b.idx):

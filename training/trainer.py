@@ -70,7 +70,8 @@ from onelayer.training.ppo import ppo_update
 from onelayer.training.rows import RowLogprobs, rows_from
 
 # Options that may differ when resuming (everything else must match the stored run).
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "save_total_limit", "report_to", "eval_size", "device"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "save_total_limit", "report_to", "eval_size", "device",
+                     "kl_metric"}  # kl_metric: a metric only (its default changed; older runs resume)
 
 
 def derive_seed(*parts) -> int:
@@ -433,11 +434,20 @@ class Trainer:
         params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p,
                                 derive_seed("sample", c.seed, step, *self.ranks.seed_parts))
         envs = self.envs[: len(episodes)]
-        with self.ranks.sampling_weights():
-            trajs = collect(self.engine, self.prompts, envs, episodes, params,
-                            max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
-                            parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
-                            env_factory=lambda: gym.make(c.env, **c.env_kwargs))
+        # An engine that can keep the states entering the lowest trained block while it samples (HFEngine)
+        # does: the update then replays them instead of running the frozen blocks below it again.
+        capture = self.lower is not None and hasattr(self.engine, "capture_block")
+        if capture:
+            self.engine.capture_block = self.lower.first
+        try:
+            with self.ranks.sampling_weights():
+                trajs = collect(self.engine, self.prompts, envs, episodes, params,
+                                max_turns=self.max_turns, max_prompt_tokens=c.max_prompt_length,
+                                parse_actions=self.parse_actions, invalid_action_penalty=self.invalid_penalty,
+                                env_factory=lambda: gym.make(c.env, **c.env_kwargs))
+        finally:
+            if capture:
+                self.engine.capture_block = None  # evaluation samples without keeping states
         self.envs[: len(episodes)] = envs  # collect replaces crashed envs in the list it is given
         self._add_reward_funcs(trajs)
         return trajs

@@ -204,16 +204,22 @@ def _config_from_flags(config: Path | None, flags: dict, resume: bool = False):
 
 
 def _refresh_rankings(texts: list) -> None:
-    """Bring SWEEP_DIR/ranking.json up to date for every ``top:K@SWEEP_DIR`` / ``bottom:K@SWEEP_DIR`` named."""
+    """Bring SWEEP_DIR/ranking.json up to date for every ``top:K@SWEEP_DIR[:METHOD]`` /
+    ``bottom:K@SWEEP_DIR[:METHOD]`` named (in ``--layers``, or ``--layer-lr`` as ``SPEC=LR;SPEC=LR`` or a
+    config file's mapping)."""
     import re
     from pathlib import Path as _Path
 
     from onelayer.benchmarks.sweep_results import RESULTS_FILE, write_ranking
 
     for text in texts:
-        for d in re.findall(r"(?:top|bottom):\d+@([^,=\s]+)", str(text or "")):
-            if (_Path(d) / RESULTS_FILE).is_file():
-                write_ranking(d)
+        for where in re.findall(r"(?:top|bottom):\d+@([^,=\s;'\"]+)", str(text or ""), re.IGNORECASE):
+            # DIR or DIR:METHOD (a directory whose own name ends in :word is tried as itself first, as
+            # training.layers reads it)
+            for d in dict.fromkeys((where, re.sub(r":[A-Za-z][\w-]*$", "", where))):
+                if (_Path(d) / RESULTS_FILE).is_file():
+                    write_ranking(d)
+                    break
 
 
 def _train_impl(*, config=None, resume=False, quiet=False, **flags):

@@ -394,3 +394,22 @@ def test_probe_command_then_train_its_top_k(tiny_model_dirs, tmp_path):
     r = run_cli("train", "--model", tiny_model_dirs["qwen3"], "--layers", f"top:2@{probe}:nope", "--steps", "1",
                 "--out", tmp_path / "bad", *TINY_FLAGS)
     assert r.returncode == 2 and "has no method 'nope'" in r.stderr
+
+
+# ----------------------------------------------------------------------------- ranked specs in train, sweep and compare
+
+
+def test_train_refreshes_a_stale_sweep_ranking_named_with_its_method(tmp_path):
+    from test_layer_aware import _row, build_sweep
+
+    from onelayer.cli import _refresh_rankings
+
+    for name, text in [("a", f"top:2@{tmp_path / 'a'}:contribution"),  # --layers
+                       ("b", f"0-3=1e-5;top:1@{tmp_path / 'b'}:contribution=2x"),  # --layer-lr
+                       ("c", {f"top:1@{tmp_path / 'c'}:contribution": "2x"})]:  # --layer-lr from a config file
+        sweep = build_sweep(tmp_path / name)
+        append_result(sweep, _row("math", "layer", "0", 0.62, 0))  # layer 0 is now the best; ranking.json is stale
+        with pytest.raises(UserError, match="older than the sweep's results"):
+            resolve_ranked_spec(f"top:1@{sweep}", "math")
+        _refresh_rankings([text])
+        assert resolve_ranked_spec(f"top:1@{sweep}:contribution", "math").layers == [0]

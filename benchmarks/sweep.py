@@ -145,9 +145,17 @@ class SweepSpec:
         own = self.train.get(domain) or self.train.get(spec.name) or self.train.get(spec.env_id) or {}
         return {**spec.train_options(), **common, **own}
 
-    def targets(self, num_layers: int) -> list[str]:
+    def targets(self, num_layers: int, domain: str | None = None) -> list[str]:
         """Single-layer targets as layer specs (``15``, ``15.mlp``); ``none``: no single-layer jobs (only inserted
-        blocks, ``--only-inserted``)."""
+        blocks, ``--only-inserted``).
+
+        An entry ``top:K@DIR[:METHOD]`` / ``bottom:K@DIR[:METHOD]`` gives the K layers that DIR's ranking (a probe's
+        or a sweep's ranking.json) ranks best / worst for ``domain`` (needed then), so a sweep can measure the
+        layers a probe picked; they are planned as their indices (``layer-12``), the ids those layers' jobs have
+        anyway. The ranking is read each time the sweep is planned.
+        """
+        from onelayer.training.layers import is_ranked_spec, resolve_ranked_spec
+
         if self.layers.strip() == "none":
             return []
         if self.layers.strip() == "all":
@@ -156,18 +164,30 @@ class SweepSpec:
         for part in (p.strip() for p in self.layers.split(",")):
             if not part:
                 continue
+            if is_ranked_spec(part):
+                if domain is None:
+                    raise UserError(f"--layers entry {part!r} ranks one domain's layers: plan it per domain")
+                ranked = resolve_ranked_spec(part, domain_name(domain))
+                beyond = [i for i in ranked.layers if i >= num_layers]
+                if beyond:
+                    raise UserError(f"--layers {part!r} picks layers {beyond} of {ranked.sweep_dir}'s ranking, but the "
+                                    f"model has {num_layers} layers (0..{num_layers - 1}): it ranked another model")
+                out += [str(i) for i in ranked.layers]
+                continue
             if "-" in part and "." not in part and not part.startswith("-"):
                 a, b = part.split("-", 1)
                 try:
                     out += [str(i) for i in range(int(a), int(b) + 1)]
                 except ValueError:
-                    raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, or i.mlp / i.attn") from None
+                    raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, i.mlp / i.attn or "
+                                    "top:K@PROBE_DIR[:METHOD]") from None
                 continue
             head = part.split(".", 1)[0]
             try:
                 idx = int(head)
             except ValueError:
-                raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, or i.mlp / i.attn") from None
+                raise UserError(f"bad --layers entry {part!r}: use indices, ranges a-b, i.mlp / i.attn or "
+                                "top:K@PROBE_DIR[:METHOD]") from None
             if not -num_layers <= idx < num_layers:
                 raise UserError(f"layer {idx} is out of range: the model has {num_layers} layers (0..{num_layers - 1})")
             out.append(str(idx % num_layers) + (part[len(head):] if "." in part else ""))
@@ -209,11 +229,11 @@ def _safe(text: str) -> str:
 
 def plan_jobs(spec: SweepSpec, num_layers: int) -> list[Job]:
     """Every job of the spec: per domain the base model once, then per seed and algo full and each target at
-    each single-layer lr scale."""
+    each single-layer lr scale (a ``top:K@DIR`` target: the layers DIR ranks for that domain)."""
     jobs: list[Job] = []
-    targets = spec.targets(num_layers)
     scales = spec.lr_scales()
     for domain in spec.domains:
+        targets = spec.targets(num_layers, domain)
         if spec.baseline:
             jobs.append(Job(domain, "none", -1, "base", "none"))
         for seed in spec.seeds:
@@ -455,6 +475,7 @@ def _onelayer_version() -> str:
 def validate_spec(spec: SweepSpec) -> None:
     """Everything checkable before loading the model."""
     from onelayer.training.advantages import ESTIMATORS as ALGORITHMS
+    from onelayer.training.layers import RANKING_FILE, is_ranked_spec, resolve_ranked_spec
 
     if not spec.domains:
         raise UserError("--domains needs at least one domain: math, code, agentic or a registered env id")
@@ -477,6 +498,15 @@ def validate_spec(spec: SweepSpec) -> None:
                         "onelayer.training.insert:identity_copy --insert-at 15)")
     if spec.layers.strip() == "none" and not spec.insert_at:
         raise UserError("--only-inserted (layers none) needs --insert-layer and --insert-at: there is nothing to train")
+    for part in (p.strip() for p in spec.layers.split(",")):  # top:K@DIR[:METHOD]: it ranks each swept domain
+        if not is_ranked_spec(part):
+            continue
+        for d in spec.domains:  # a missing DIR, another domain, an unknown METHOD or K too large: one line
+            ranked = resolve_ranked_spec(part, domain_name(d))
+        model = json.loads((Path(ranked.sweep_dir) / RANKING_FILE).read_text()).get("model")
+        if model is not None and model != spec.model:
+            raise UserError(f"--layers {part!r}: {ranked.sweep_dir} ranked the layers of {model}, this sweep trains "
+                            f"{spec.model}: a ranking only holds for its model")
     for d in spec.domains:
         for n in spec.eval_suites(d):
             get_suite(n)

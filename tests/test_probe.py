@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -413,3 +414,34 @@ def test_train_refreshes_a_stale_sweep_ranking_named_with_its_method(tmp_path):
             resolve_ranked_spec(f"top:1@{sweep}", "math")
         _refresh_rankings([text])
         assert resolve_ranked_spec(f"top:1@{sweep}:contribution", "math").layers == [0]
+
+
+def test_a_sweep_of_a_probes_top_k_plans_those_layers(tiny_model_dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from onelayer.benchmarks.sweep import SweepSpec, plan_jobs, validate_spec
+    from onelayer.cli import app
+
+    model = str(tiny_model_dirs["qwen3"])
+    probe = _synthetic(tmp_path, model=model)
+    spec = SweepSpec(model=model, algos=["grpo"], layers=f"top:2@{probe}", seeds=[0])
+    validate_spec(spec)
+    assert [j.id for j in plan_jobs(spec, 4)] == ["math/base", "math/grpo/s0/full", "math/grpo/s0/layer-1",
+                                                  "math/grpo/s0/layer-2"]  # grad-rel, listed first: 0.4, 0.3
+    res = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--model", model, "--algo", "grpo",
+                                   "--seeds", "1", "--layers", f"0,top:2@{probe}:fisher,bottom:1@{probe}", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    planned = re.findall(r"math/[\w/.-]+", res.output)  # (stderr's loading bar shares the output)
+    assert planned == ["math/base", "math/grpo/s0/full", "math/grpo/s0/layer-0", "math/grpo/s0/layer-3"]
+    assert not (tmp_path / "sw").exists()
+
+    for layers, domains, message in [
+        (f"top:2@{probe}:nope", ["math"], "has no method 'nope'"),
+        (f"top:2@{probe}", ["math", "code"], "ranked the layers of domain 'math'.*not 'code'"),
+        (f"top:2@{_synthetic(tmp_path, 'other', model='smollm2-135m')}", ["math"], "ranked the layers of smollm2-135m"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            validate_spec(SweepSpec(model=model, domains=domains, layers=layers))
+    wide = _synthetic(tmp_path, "wide", model=model, num_layers=6)  # ranks layers 0..5: top is 5
+    with pytest.raises(UserError, match=r"picks layers \[5\].*the model has 4 layers"):
+        SweepSpec(model=model, layers=f"top:1@{wide}").targets(4, "math")

@@ -537,13 +537,15 @@ def tune_lr_cmd(
 def compare_cmd(
     sweep: Path = typer.Option(..., "--sweep", help="Sweep directory whose layer ranking the methods use."),
     methods: str = typer.Option("full,only-top5,boost-top5,mid5,only-bottom5,lora-matched", "--methods",
-                                help="full, only-topK, only-bottomK, boost-topK, midK, lora-matched (comma list)."),
+                                help="full, only-topK, only-bottomK, boost-topK, midK, lora-matched, and with --rank-by "
+                                     "probe-only-topK, probe-only-bottomK, probe-boost-topK (comma list)."),
     out: Path = typer.Option(..., "--out", help="Directory for the comparison (results.jsonl, jobs/, compare.md); rerun to resume."),
     domains: Optional[str] = typer.Option(None, "--domains", help="Domains to compare on (default: the sweep's)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 10,11,12 lists them (default: 3 seeds the sweep did not use)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per job (default: the sweep's)."),
     rank_domain: Optional[str] = typer.Option(None, "--rank-domain", help="Rank layers by this domain of the sweep (default: each compared domain's own)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Take algorithm, budget, lr, train options, suites and domains from this sweep preset (e.g. cpu-agentic with --rank-domain math)."),
+    rank_by: Optional[str] = typer.Option(None, "--rank-by", help="PROBE_DIR[:METHOD] (`onelayer probe`) ranking the probe-* methods' layers; the other methods keep the sweep's ranking."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
 ):
     """Layer-aware methods (Only-Bk, Boost-Bk, Mid-k, LoRA-matched) vs full RL on the same data, budget and seeds."""
@@ -552,7 +554,7 @@ def compare_cmd(
     path = run_compare(sweep, parse_methods(methods), out,
                        domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
                        seeds=_parse_seeds(seeds) if seeds else None, steps=steps, progress=not quiet,
-                       rank_domain=rank_domain, preset=preset)
+                       rank_domain=rank_domain, preset=preset, rank_by=rank_by)
     typer.echo((path.parent / "summary.txt").read_text())
     typer.echo(f"comparison: {path}")
 

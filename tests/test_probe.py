@@ -445,3 +445,100 @@ def test_a_sweep_of_a_probes_top_k_plans_those_layers(tiny_model_dirs, tmp_path)
     wide = _synthetic(tmp_path, "wide", model=model, num_layers=6)  # ranks layers 0..5: top is 5
     with pytest.raises(UserError, match=r"picks layers \[5\].*the model has 4 layers"):
         SweepSpec(model=model, layers=f"top:1@{wide}").targets(4, "math")
+
+
+def _tiny_sweep_and_probe(tmp_path, model_dir):
+    """A hand-written sweep of the tiny model (C_l: layers 1, 2 best, 3 worst) and a probe of it ranking otherwise
+    (grad-rel: 1, 2, 3, 0; fisher: 3, 0, 2, 1; skip: 2, 3, 1, 0)."""
+    from test_sweep import _hand_built_sweep
+
+    return _hand_built_sweep(tmp_path / "sweep", str(model_dir)), _synthetic(tmp_path, model=str(model_dir))
+
+
+def test_compare_rank_by_plans_probe_methods_beside_the_sweeps(tiny_model_dirs, tmp_path):
+    from onelayer.benchmarks.compare import parse_methods, plan_compare
+    from onelayer.benchmarks.sweep import job_train_config
+
+    sweep, probe = _tiny_sweep_and_probe(tmp_path, tiny_model_dirs["qwen3"])
+    methods = parse_methods("full,only-top2,probe-only-top2,probe-only-bottom1,probe-boost-top1,mid2")
+    spec, jobs = plan_compare(sweep, methods, seeds=[2], rank_by=f"{probe}:fisher", log=lambda m: None)
+    assert [j.id for j in jobs] == ["math/base"] + [f"math/grpo/s2/{m}" for m in methods]
+    by_id = {j.method: j for j in jobs}
+    assert by_id["only-top2"].target == f"top:2@{sweep.resolve()}"  # the sweep's methods: as before
+    assert by_id["probe-only-top2"].target == f"top:2@{probe.resolve()}:fisher"
+    assert by_id["probe-only-bottom1"].target == f"bottom:1@{probe.resolve()}:fisher"
+    assert dict(by_id["probe-boost-top1"].options) == {"layer_lr": f"top:1@{probe.resolve()}:fisher=2x"}
+
+    def layers(method):
+        cfg = job_train_config(spec, by_id[method], tmp_path / "run")
+        return resolve_ranked_spec(cfg.layers, "math").layers
+
+    assert layers("only-top2") == [1, 2] and layers("probe-only-top2") == [0, 3]  # fisher: 9, 5 on layers 3, 0
+    assert layers("probe-only-bottom1") == [1]
+    # Without :METHOD the jobs pin the method the probe lists first, so a resumed job ranks by the same scores.
+    _, jobs = plan_compare(sweep, ["probe-only-top2"], seeds=[2], rank_by=str(probe), log=lambda m: None)
+    assert jobs[-1].target == f"top:2@{probe.resolve()}:grad-rel"
+
+
+def test_compare_job_ids_of_the_stored_compare_are_unchanged():
+    from onelayer.benchmarks.compare import compare_jobs, method_options
+
+    stored = REPO / "results" / "compares" / "cpu-math"
+    ids = {json.loads(line)["job"] for line in (stored / "results.jsonl").read_text().splitlines() if line.strip()}
+    methods = ["full", "only-top3", "mid3", "only-bottom3", "lora-matched"]
+    assert {j.id for j in compare_jobs(methods, "/s", ["math"], ["grpo"], [3, 4, 5])} == ids  # it resumes as it is
+    assert method_options("only-top3", "/s", 3) == ("top:3@/s", ())
+    assert method_options("boost-top5", "/s", 5, "math") == ("all", (("layer_lr", "top:5@/s=2x"), ("rank_domain", "math")))
+    assert method_options("lora-matched", "/s", 3) == ("all", (("lora_matched_to", "mid:3"),))
+
+
+def test_compare_rank_by_refuses_what_it_cannot_rank(tiny_model_dirs, tmp_path):
+    from onelayer.benchmarks.compare import parse_methods, plan_compare
+
+    sweep, probe = _tiny_sweep_and_probe(tmp_path, tiny_model_dirs["qwen3"])
+    other_model = _synthetic(tmp_path, "other", model="smollm2-135m")
+    code = _synthetic(tmp_path, "code", domain="code", model=str(tiny_model_dirs["qwen3"]))
+    for methods, rank_by, message in [
+        ("full,only-top2", str(probe), "--methods lists none"),
+        ("full,probe-only-top2", None, "probe-only-top2 rank the layers by a probe: pass --rank-by"),
+        ("probe-only-top2", f"{probe}:nope", "has no method 'nope'"),
+        ("probe-only-top5", str(probe), "ranks only 4 layers"),
+        ("probe-boost-top1", str(other_model), "ranked the layers of smollm2-135m, the sweep trains"),
+        ("probe-only-top1", str(code), "ranked the layers of domain 'code'"),
+        ("probe-only-top1", str(tmp_path / "missing"), "does not exist"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            plan_compare(sweep, parse_methods(methods), seeds=[2], rank_by=rank_by, log=lambda m: None)
+    with pytest.raises(UserError, match="unknown method 'probe-mid2'"):
+        parse_methods("probe-mid2")
+
+
+def test_compare_rank_by_trains_the_probes_layers_in_the_sweeps_directory(tiny_model_dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from onelayer.benchmarks.sweep_results import load_results
+    from onelayer.cli import app
+
+    sweep, probe = _tiny_sweep_and_probe(tmp_path, tiny_model_dirs["qwen3"])
+    out = tmp_path / "cmp"
+    args = ["compare", "--sweep", str(sweep), "--out", str(out), "--quiet", "--seeds", "2,", "--steps", "1"]
+    res = CliRunner().invoke(app, [*args, "--methods", "only-top1,probe-only-top1", "--rank-by", f"{probe}:fisher"])
+    assert res.exit_code == 0, res.output
+    got = {r.job: r for r in load_results(out)}
+    assert set(got) == {"math/base", "math/grpo/s2/only-top1", "math/grpo/s2/probe-only-top1"}
+
+    def trained(method):
+        return json.loads((Path(got[f"math/grpo/s2/{method}"].run_dir) / "config.json").read_text())["selection"]
+
+    assert trained("only-top1")["layer_indices"] == [2] and trained("probe-only-top1")["layer_indices"] == [3]
+    table = (out / "compare.md").read_text()
+    assert "| probe-only-top1 |" in table and "| only-top1 |" in table
+    assert f"probe-* methods: {probe.resolve()}:fisher" in table
+    # The same directory takes full RL later; the record of what ranked its probe-* runs stays.
+    res = CliRunner().invoke(app, [*args, "--methods", "full"])
+    assert res.exit_code == 0, res.output
+    assert "math/grpo/s2/full" in {r.job for r in load_results(out)}
+    assert f"probe-* methods: {probe.resolve()}:fisher" in (out / "compare.md").read_text()
+    # Another ranking would find probe-only-top1 done with the fisher layers: refused.
+    res = CliRunner().invoke(app, [*args, "--methods", "probe-only-top1", "--rank-by", f"{probe}:skip"])
+    assert res.exit_code == 2 and "holds probe-* runs ranked by" in res.output and "Traceback" not in res.output

@@ -68,6 +68,7 @@ class SweepSpec:
     algos: list = field(default_factory=lambda: ["gigpo"])
     layers: str = "all"
     """Single-layer targets: ``all`` (every block), a list/range such as ``0,6,12,17,23,29``, ``0-29``, ``15.mlp``,
+    ``top:K@DIR[:METHOD]`` / ``bottom:K@DIR[:METHOD]`` (a probe's or sweep's ranking, resolved per domain),
     or ``none`` (only the inserted blocks: ``--only-inserted``)."""
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     steps: int = 10

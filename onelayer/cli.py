@@ -412,7 +412,7 @@ def sweep_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model (HF id, dir, .gguf, smollm2-135m)."),
     domains: Optional[str] = typer.Option(None, "--domains", help="math,code,agentic (or env ids). Default: math."),
     algo: Optional[str] = typer.Option(None, "--algo", help="gigpo, grpo, drgrpo, or a comma list to compare algorithms. Default: gigpo."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Single-layer targets: all, or a list/ranges like 0,6,12 or 0-29, 15.mlp."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Single-layer targets: all, or a list/ranges like 0,6,12 or 0-29, 15.mlp, top:K@PROBE_DIR[:METHOD]."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="3 = seeds 0,1,2; 0,5,7 lists them. Default: 3."),
     steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per training job. Default: 10."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The full-parameter lr, used for every job (the paper's rule)."),
@@ -470,6 +470,7 @@ def sweep_cmd(
             raise UserError("--only-inserted runs no single-layer jobs: drop --layers")
         flags["layers"] = "none"
     spec = _sweep_spec(data, flags, suites)
+    _refresh_rankings([spec.layers])  # a sweep named in --layers is ranked from its current results
     if dry_run:
         from onelayer.benchmarks.sweep import validate_spec
 

@@ -172,3 +172,18 @@ def sampled(engine, prompts, seed: int, max_new_tokens: int = 24, temperature: f
     """Token ids and log-probs of one seeded sampling call."""
     gens = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
     return [g.token_ids for g in gens], [g.logprobs for g in gens]
+
+
+def first_token_frequencies(model, engine, prompt: list[int], samples: int = 1024, top: int = 5, seed: int = 21):
+    """``(token, trainer probability, engine frequency)`` for the trainer's ``top`` most likely first tokens.
+
+    One-token samples of one prompt, each request with its own seed (as a GRPO group's copies are): the
+    engine must sample from the trainer's distribution, not only report its log-probs.
+    """
+    gens = engine.generate([prompt] * samples, SamplingParams(max_new_tokens=1, temperature=1.0, seed=seed))
+    counts = torch.bincount(torch.tensor([g.token_ids[0] for g in gens]), minlength=len(engine.tokenizer))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt], device=device)).logits[0, -1].float(), -1).cpu()
+    best = torch.topk(probs, top).indices.tolist()
+    return [(t, float(probs[t]), float(counts[t]) / samples) for t in best]

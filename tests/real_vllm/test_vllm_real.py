@@ -14,7 +14,15 @@ import os
 
 import pytest
 import torch
-from engine_checks import SELECTIONS, chat_prompts, engine_params, mismatch, sampled, step_and_sync
+from engine_checks import (
+    SELECTIONS,
+    chat_prompts,
+    engine_params,
+    first_token_frequencies,
+    mismatch,
+    sampled,
+    step_and_sync,
+)
 
 from onelayer.agents.engine import SamplingParams
 from onelayer.agents.weight_sync import trained_tensors
@@ -70,6 +78,15 @@ def test_sampling_logprobs_agree_with_the_trainers(setup, record_property):
         record_property(k, v)
     print(f"engine {engine.device_type} {DTYPE}: " + " ".join(f"{k}={v:.3g}" for k, v in m.to_metrics().items()))
     assert m.tokens > 100 and m.mean < TOLERANCE, m
+
+
+def test_the_engine_samples_from_the_trainers_distribution(setup):
+    model, _, engine, prompts = setup
+    n = 256  # one-token requests; at temperature 0.7 or 1.3 instead of 1 the top token's 0.435 becomes 0.658 or 0.241
+    for token, p, freq in first_token_frequencies(model, engine, prompts[0], samples=n):
+        # 4 standard errors of a frequency over n draws (0.12 for the top token): sampling noise stays inside.
+        print(f"token {token}: trainer p {p:.3f}, engine frequency {freq:.3f}")
+        assert abs(freq - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3, (token, p, freq)
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)

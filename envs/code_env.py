@@ -11,7 +11,12 @@ failing submission into feedback (which test failed, the error, the candidate's
 traceback) as the next observation, for up to ``max_attempts`` submissions; the
 episode ends at the first pass. Each step's reward is that submission's score.
 
-``info`` after a step: ``task_id`` (the dataset's own id, e.g. ``HumanEval/0``),
+``dataset="procedural"`` plays generated functions (:mod:`code_gen`) at ``level=1..5``:
+the ``eval`` split is a fixed pool per level, ``train`` an unbounded stream of items
+(``num_tasks`` is None), both reproducible from the index, never sharing a function.
+
+``info`` after a step: ``task_id`` (the dataset's own id, e.g. ``HumanEval/0``,
+``procedural/L1/eval/17``),
 ``anchor`` (the returned observation's text), ``won``/``success``/``passed``,
 ``pass_fraction``, ``error`` ('' when passed), ``syntax_error``, ``timeout``,
 ``invalid_action`` (no code found in the reply), ``attempt`` and ``method`` (how
@@ -26,8 +31,15 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from onelayer.envs import number_option
-from onelayer.envs.code_data import NAMED_DATASETS, SPLITS, CodeProblem, load_split
+from onelayer.envs.code_data import NAMED_DATASETS, PROCEDURAL, SPLITS, CodeProblem, load_split
 from onelayer.envs.code_extract import extract_code
+from onelayer.envs.code_gen import (
+    TRAIN_INDEX_SPACE,
+    check_level,
+    eval_pool,
+    task_id_of,
+    train_problem,
+)
 from onelayer.envs.code_harness import TestOutcome, clean_text, prompt_context, run_tests
 from onelayer.envs.sandbox import resolve_isolation
 from onelayer.envs.tasks import task_index
@@ -47,9 +59,13 @@ class CodeEnv(gym.Env):
 
     Args:
         dataset: ``humaneval`` (164 problems, offline), ``humaneval+``, ``mbpp+`` (EvalPlus
-            data files, see :mod:`code_data`) or a path to a HumanEval-schema ``.jsonl``.
-        split: ``train`` / ``eval`` (a fixed hash split of the task ids, ~2/3 / ~1/3)
-            or ``all`` (every problem; use it to score the full benchmark).
+            data files, see :mod:`code_data`), a path to a HumanEval-schema ``.jsonl``, or
+            ``procedural`` (generated offline, see :mod:`code_gen`).
+        level: difficulty of ``procedural`` (1-5, see ``code_gen.LEVELS``; default 1); only
+            for that dataset.
+        split: ``train`` / ``eval`` (a fixed hash split of the task ids, ~2/3 / ~1/3; for
+            ``procedural``, of the functions' canonical keys) or ``all`` (every problem; use
+            it to score the full benchmark; not for ``procedural``).
         mode: ``single`` (one submission) or ``multi`` (test feedback, up to ``max_attempts``).
         max_attempts: submissions per episode in ``multi`` mode (the registered id also
             truncates at 4 steps).
@@ -74,13 +90,15 @@ class CodeEnv(gym.Env):
 
     def __init__(self, dataset: str = "humaneval", split: str = "train", mode: str = "single",
                  max_attempts: int = 3, reward: str = "binary", timeout_s: float | None = None,
-                 memory_mb: int = 1024, isolation: str | None = None, max_length: int = 16384):
+                 memory_mb: int = 1024, isolation: str | None = None, max_length: int = 16384,
+                 level: int | None = None):
         max_attempts, memory_mb, max_length = (number_option("onelayer/Code-v0", n, v) for n, v in
                                                (("max_attempts", max_attempts), ("memory_mb", memory_mb), ("max_length", max_length)))
         if timeout_s is not None:
             timeout_s = number_option("onelayer/Code-v0", "timeout_s", timeout_s, float)
         if not isinstance(dataset, str) or not dataset:
-            raise UserError(f"dataset must be one of {', '.join(NAMED_DATASETS)} or a .jsonl path, got {dataset!r}")
+            raise UserError(f"dataset must be one of {', '.join(NAMED_DATASETS)}, {PROCEDURAL} or a .jsonl path, "
+                            f"got {dataset!r}")
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r} for onelayer/Code-v0: use one of {', '.join(SPLITS)}")
         if mode not in MODES:
@@ -91,48 +109,85 @@ class CodeEnv(gym.Env):
             raise UserError(f"max_attempts must be at least 1, got {max_attempts}")
         if timeout_s is not None and timeout_s <= 0:
             raise UserError(f"timeout_s must be positive, got {timeout_s}")
+        self.level = None
+        if dataset == PROCEDURAL:
+            self.level = check_level(number_option("onelayer/Code-v0", "level", 1 if level is None else level))
+            if split == "all":
+                raise UserError("dataset='procedural' has no split 'all': use split='train' (a stream) or 'eval' "
+                                "(the fixed pool of the level)")
+        elif level is not None:
+            raise UserError(f"level={level!r} applies only to dataset='procedural' (this is {dataset!r}): drop it, "
+                            "or add dataset=procedural")
         # Fail closed here, at construction: `onelayer train`/`eval` stop before any model loads or step runs.
         self.isolation = resolve_isolation(isolation)
         self.dataset, self.split, self.mode, self.reward_kind = dataset, split, mode, reward
         self.max_attempts = 1 if mode == "single" else int(max_attempts)
         self.memory_mb = int(memory_mb)
-        self._problems = load_split(dataset, split)
+        # None: the procedural train stream, whose items are generated on reset.
+        self._problems: tuple[CodeProblem, ...] | None
+        if self.level is None:
+            self._problems = load_split(dataset, split)
+        else:
+            self._problems = eval_pool(self.level) if split == "eval" else None
         self.timeout_s = float(timeout_s) if timeout_s is not None else (
-            15.0 if self._problems[0].inputs is not None else 5.0)
-        self._index = {p.task_id: i for i, p in enumerate(self._problems)}
-        self._prompts = [render_problem(p) for p in self._problems]
-        longest = max(len(t) for t in self._prompts)
-        if longest + _FEEDBACK_RESERVE > max_length:
-            raise UserError(f"max_length={max_length} is too small: the longest problem of {dataset!r} needs "
-                            f"{longest + _FEEDBACK_RESERVE} characters with feedback; raise max_length")
+            15.0 if self._problems and self._problems[0].inputs is not None else 5.0)
+        self._index = {p.task_id: i for i, p in enumerate(self._problems or ())}
+        self._prompts = [render_problem(p) for p in self._problems or ()]
+        self._max_length = max_length
+        for text in self._prompts:
+            self._check_fits(text)
+        # Generated text is printable ASCII (tests/test_code_gen.py), so the stream needs nothing more.
         charset = set(string.printable)
         for text in self._prompts:
             charset.update(text)
         charset = "".join(sorted(charset))
         self.observation_space = spaces.Text(max_length=max_length, min_length=0, charset=charset)
         self.action_space = spaces.Text(max_length=max_length, min_length=0, charset=charset)
-        self._max_length = max_length
         self._problem: CodeProblem | None = None
         self._prompt = ""
         self._attempt = 0
         self._done = True
 
     @property
-    def num_tasks(self) -> int:
-        """Number of problems in this split."""
-        return len(self._problems)
+    def num_tasks(self) -> int | None:
+        """Number of problems in this split (None for the unbounded procedural train stream)."""
+        return None if self._problems is None else len(self._problems)
 
     def task_ids(self) -> list[str]:
         """The dataset ids of this split's problems, in order (index ``i`` is ``options={"task_id": i}``)."""
+        if self._problems is None:
+            raise UserError("the procedural train split is an unbounded stream: it has no list of task ids")
         return [p.task_id for p in self._problems]
 
+    def _check_fits(self, prompt: str) -> None:
+        if len(prompt) + _FEEDBACK_RESERVE > self._max_length:
+            raise UserError(f"max_length={self._max_length} is too small: a problem of {self.dataset!r} needs "
+                            f"{len(prompt) + _FEEDBACK_RESERVE} characters with feedback; raise max_length")
+
+    def _resolve_stream(self, task_id) -> int:
+        prefix = task_id_of(self.level, "train", 0)[:-1]
+        if isinstance(task_id, str) and task_id.startswith(prefix):
+            task_id = task_id[len(prefix):]
+        if isinstance(task_id, str) and not task_id.strip().isdigit():
+            raise UserError(f"task_id {task_id!r} is not an item of the procedural level-{self.level} train split: "
+                            f"use an index or an id such as {prefix}0")
+        try:
+            index = int(task_id)
+        except (TypeError, ValueError):
+            raise UserError(f"bad task_id {task_id!r}: use an index or an id such as {prefix}0") from None
+        if not 0 <= index < TRAIN_INDEX_SPACE:
+            raise UserError(f"task_id index {index} out of range: the train stream has items 0..{TRAIN_INDEX_SPACE - 1}")
+        return index
+
     def _resolve(self, task_id) -> int:
+        if self._problems is None:
+            return self._resolve_stream(task_id)
         if isinstance(task_id, str) and task_id in self._index:
             return self._index[task_id]
         if isinstance(task_id, str) and not task_id.strip().lstrip("-").isdigit():
+            other = "an index" if self.level is not None else "split='all' or an index"
             raise UserError(f"task_id {task_id!r} is not in the {self.split!r} split of {self.dataset!r} "
-                            f"({self.num_tasks} problems, e.g. {self._problems[0].task_id!r}); use split='all' "
-                            "or an index")
+                            f"({self.num_tasks} problems, e.g. {self._problems[0].task_id!r}); use {other}")
         try:
             index = int(task_id)
         except (TypeError, ValueError):
@@ -147,9 +202,14 @@ class CodeEnv(gym.Env):
         if "task_id" in options:
             index = self._resolve(options["task_id"])
         else:
-            index = task_index(seed, self.num_tasks, self.np_random)
-        self._problem = self._problems[index]
-        self._prompt = self._prompts[index]
+            index = task_index(seed, self.num_tasks or TRAIN_INDEX_SPACE, self.np_random)
+        if self._problems is None:
+            self._problem = train_problem(self.level, index)
+            self._prompt = render_problem(self._problem)
+            self._check_fits(self._prompt)
+        else:
+            self._problem = self._problems[index]
+            self._prompt = self._prompts[index]
         self._attempt = 0
         self._done = False
         info = {"task_id": self._problem.task_id, "anchor": self._prompt, "entry_point": self._problem.entry_point,

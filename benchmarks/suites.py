@@ -143,6 +143,10 @@ def _caller_source() -> str:
     return frame.f_globals.get("__name__", "?") if frame is not None else "?"
 
 
+CODE_GEN_ITEMS = 128
+"""Items of each code-gen-lN suite: every level's eval pool holds more (tests/test_code_gen.py)."""
+
+
 def _register_builtins() -> None:
     easy = {"split": "eval", "generated": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)}
     for level in range(1, 6):
@@ -165,6 +169,12 @@ def _register_builtins() -> None:
                    metric="pass@1", max_new_tokens=256, description="HumanEval+ (EvalPlus) eval split, pass@1 greedy")
     register_suite("mbpp+", env_id="onelayer/Code-v0", env_kwargs={"dataset": "mbpp+"}, num_items=None,
                    metric="pass@1", max_new_tokens=256, description="MBPP+ (EvalPlus) eval split, pass@1 greedy")
+    for level in range(1, 6):
+        register_suite(f"code-gen-l{level}", env_id="onelayer/Code-v0",
+                       env_kwargs={"dataset": "procedural", "level": level}, num_items=CODE_GEN_ITEMS,
+                       metric="pass@1", max_new_tokens=160,
+                       description=f"procedural Python functions, level {level}, {CODE_GEN_ITEMS} held-out items, "
+                                   "pass@1 greedy")
     alf = dict(env_id="onelayer/ALFWorld-v0", num_items=None, metric="success_rate")
     register_suite("alfworld-gen", **alf, env_kwargs={"split": "eval", "generated": True}, max_new_tokens=48,
                    max_turns=15, description="onelayer's generated ALFWorld eval games (30), 15 turns, greedy")

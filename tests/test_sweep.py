@@ -218,7 +218,24 @@ def test_ray_executor_gives_the_local_results(tiny_model_dirs, tmp_path):
     a, b = _results(local), _results(remote)
     assert set(a) == set(b) == {"math/base", "math/grpo/s0/full", "math/grpo/s0/layer-3"}
     for job in a:
-        assert _comparable(a[job]) == _comparable(b[job]), job
+        if a[job].extra.get("trained_sha256") == b[job].extra.get("trained_sha256"):
+            assert _comparable(a[job]) == _comparable(b[job]), job
+            continue
+        # A single-layer job replays the sampler's lower-block states, computed at the executor's thread count
+        # (Ray: 1 CPU per job): equal up to fp32 rounding, which AdamW's lr * m / (sqrt(v) + eps) can turn into a
+        # move of up to lr on an entry whose gradient is rounding noise (2 lr per step at most). Everything else
+        # must agree.
+        assert a[job].target != "all", job
+        assert (a[job].score, a[job].scores, a[job].extra.get("final_reward")) == \
+            (b[job].score, b[job].scores, b[job].extra.get("final_reward")), job
+        from safetensors.torch import load_file
+
+        wa, wb = (load_file(str(Path(r.run_dir) / "trained.safetensors")) for r in (a[job], b[job]))
+        assert wa.keys() == wb.keys()
+        for n in wa:
+            diff = (wa[n].float() - wb[n].float()).abs()
+            assert float(diff.max()) <= 2 * a[job].lr * 2, (job, n)
+            assert float((diff > 1e-6).float().mean()) <= 0.01, (job, n)
 
 
 def test_bad_sweep_options_fail_before_any_work(tmp_path):

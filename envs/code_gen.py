@@ -7,7 +7,7 @@ Its hidden tests are a HumanEval ``check(candidate)`` of :data:`NUM_TESTS` asser
 expected values were computed from, so the reference passes by construction
 (``tests/test_code_gen.py`` runs it through the real sandbox anyway).
 
-A *template* (``add_const``, ``filter_gt``, ...) with its *parameters* (``k=7``)
+A *template* (``add_const``, ``filter_between``, ...) with its *parameters* (``k=7``)
 defines the function; that pair is the item's canonical key
 (``add_const(7)``). The function's name and the test inputs are drawn around
 it and are not part of the key, so two items with the same key are the same
@@ -46,10 +46,10 @@ LEVELS = {
        "repetition and length, a builtin or an index on a list",
     2: "one conditional or one comprehension: clamps, two-way choices, an even/odd rule, filtering, counting and "
        "replacing in a list, replacing and slicing a string",
-    3: "a loop with an accumulator: sums over ranges, running totals, products, first matches, strides, digit "
-       "sums, joining words, counting pairs and runs",
+    3: "a loop with an accumulator: sums over ranges, running totals, products modulo m, first matches, strides, "
+       "digit sums, joining words, counting pairs and runs",
     4: "several steps: fizzbuzz-style rules, dicts, sorting with a key, grouping, Caesar shifts, letter scores, "
-       "second largest, merging",
+       "second largest, top-k, rotation, merging",
     5: "recursion and small algorithms: linear recurrences, nested lists, digits in a base, digital roots, "
        "counting ways, subset sums",
 }
@@ -150,10 +150,6 @@ def _any_word(r: random.Random) -> str:
 
 def _text(r: random.Random, n_max: int = 4) -> str:
     return " ".join(r.choice(_WORDS) for _ in range(r.randint(1, n_max)))
-
-
-def _letters(r: random.Random, alphabet: str, n_min: int = 0, n_max: int = 10) -> str:
-    return "".join(r.choice(alphabet) for _ in range(r.randint(n_min, n_max)))
 
 
 def _nested(r: random.Random, depth: int = 0) -> list:
@@ -604,7 +600,11 @@ def _source(spec: Spec, name: str) -> str:
 
 
 def _compile(spec: Spec, name: str) -> Callable:
-    """The function a spec's reference body defines (our own code, never a submission's)."""
+    """The function a spec's reference body defines.
+
+    Our own code, never a submission's, run here on the small inputs the templates draw (it finishes in
+    milliseconds; tests/test_code_gen.py generates every eval pool); submissions only ever run in the sandbox.
+    """
     namespace: dict = {}
     exec(compile(_source(spec, name), f"<procedural {name}>", "exec"), namespace)  # noqa: S102
     return namespace[name]

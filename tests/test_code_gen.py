@@ -137,6 +137,7 @@ def test_eval_pools_are_fixed_lists_that_each_suite_fits_in():
     for level in LEVELS:
         pool = eval_pool(level)
         assert len(pool) >= CODE_GEN_ITEMS
+        assert len(pool) == len(code_gen.eval_keys(level))  # no eval key was given up for want of good tests
         assert [p.task_id for p in pool] == [f"procedural/L{level}/eval/{i}" for i in range(len(pool))]
         assert len({p.key for p in pool}) == len(pool)  # each function once
         # Several templates, not one family: the first suite items already mix them.

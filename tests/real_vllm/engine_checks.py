@@ -1,4 +1,4 @@
-"""Checks of a real vLLM engine against the trainer's model, shared by the CPU tests (tests/vllm/, vLLM's CPU
+"""Checks of a real vLLM engine against the trainer's model, shared by the CPU tests (tests/real_vllm/, vLLM's CPU
 build) and the GPU tests (tests/gpu/): only what is CUDA's own (sleep/wake, bf16 kernels) lives there.
 
 No ``__init__.py`` in this folder on purpose: a package named ``vllm`` on pytest's path would shadow the

@@ -23,7 +23,9 @@ contribution (the paper says it does not).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -483,3 +485,182 @@ def rank_agreement_over_seeds(
     return RankAgreement(n_layers, n, tuple(float(v) for v in c), None if rho is None else float(rho), s_ci,
                          None if tau is None else float(tau), k_ci, p_value, overlap, chance,
                          reason="; ".join(reasons), dropped_fraction=float(dropped))
+
+
+# ----------------------------------------------------------------------------- three-domain layer map (issue 24)
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t distribution with ``df >= 1`` degrees of freedom (numpy only).
+
+    With ``t = sqrt(df) tan(phi)`` the density becomes ``c cos(phi)^(df-1)`` on ``(-pi/2, pi/2)``, with
+    ``c = Gamma((df+1)/2) / (sqrt(pi) Gamma(df/2))``, a bounded smooth integrand for ``df >= 1``: the CDF is
+    ``1/2 + c * integral_0^phi cos^(df-1)`` (Simpson, 2000 intervals), inverted by bisection on ``phi``.
+    Within 1e-9 of scipy's ``stats.t.ppf`` (``t_quantile(0.975, 2) = 4.3027``).
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1) (got {p})")
+    if df < 1:
+        raise ValueError(f"df must be >= 1 (got {df})")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(math.pi)
+    weights = np.ones(2001)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+
+    def upper_half(phi: float) -> float:  # P(0 < T < sqrt(df) tan(phi))
+        grid = np.linspace(0.0, phi, 2001)
+        return c * float(np.sum(weights * np.cos(grid) ** (df - 1))) * phi / 6000.0
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 + upper_half(mid) < p else (lo, mid)
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def mean_t_ci(values: Sequence[float], ci: float = 0.95) -> tuple[float, float | None, float | None]:
+    """``(mean, low, high)``: ``mean -/+ t_{(1+ci)/2, n-1} * sd / sqrt(n)`` (sd with ``n - 1``).
+
+    The t interval suits a handful of paired seed differences better than a percentile bootstrap, which
+    is too narrow with 2-4 values (it never reaches beyond the observed range). One value: no interval
+    (``low`` and ``high`` None).
+    """
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), e.g. 0.95 (got {ci})")
+    x = _as_scores(values, "values")
+    if len(x) == 1:
+        return float(x[0]), None, None
+    half = t_quantile((1.0 + ci) / 2.0, len(x) - 1) * float(np.std(x, ddof=1)) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
+def _rowwise_spearman_kendall(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spearman's rho and Kendall's tau-b of each row pair of ``x`` and ``y`` (``(resamples, layers)``), as
+    :func:`spearman` and :func:`kendall_tau` compute them one pair at a time (nan for a constant row)."""
+
+    def ranks(a):  # average ranks: 1 + #smaller + (#equal - 1) / 2
+        smaller = (a[:, None, :] < a[:, :, None]).sum(axis=2)
+        equal = (a[:, None, :] == a[:, :, None]).sum(axis=2)
+        return 1.0 + smaller + (equal - 1) / 2.0
+
+    rx, ry = ranks(x), ranks(y)
+    dx, dy = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    denom = np.sqrt(np.sum(dx * dx, axis=1) * np.sum(dy * dy, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, np.sum(dx * dy, axis=1) / denom, np.nan)
+    iu = np.triu_indices(x.shape[1], k=1)
+    sx = np.sign(x[:, :, None] - x[:, None, :])[:, iu[0], iu[1]]
+    sy = np.sign(y[:, :, None] - y[:, None, :])[:, iu[0], iu[1]]
+    untied = np.sum(sx != 0, axis=1) * np.sum(sy != 0, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(untied > 0, np.sum(sx * sy, axis=1) / np.sqrt(untied.astype(np.float64)), np.nan)
+    return np.clip(rho, -1.0, 1.0), np.clip(tau, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CrossRankCorrelation:
+    """How alike two domains rank the same layers by contribution, with CIs over each domain's seeds."""
+
+    n_layers: int
+    """Layers compared (swept in both domains)."""
+    n_seeds: tuple[int, int]
+    """Seeds of each domain (those with base, full and every compared layer)."""
+    contribution: tuple[tuple[float, ...], tuple[float, ...]] | None
+    """Each domain's ``C_l`` (ratio of seed means) of the compared layers; None when a full gain is too small."""
+    spearman: float | None
+    spearman_ci: tuple[float, float] | None
+    """Percentile bootstrap CI over seeds; None with one seed in a domain or too many undefined resamples."""
+    kendall: float | None
+    kendall_ci: tuple[float, float] | None
+    n_boot: int
+    reason: str = ""
+    """Why a number or a CI is missing; empty when all are present."""
+    dropped_fraction: float = 0.0
+    """Fraction of bootstrap resamples dropped (a full gain below ``min_gain``, or a constant ranking)."""
+
+
+def cross_rank_correlation_over_seeds(
+    a_layer: Sequence[Sequence[float]],
+    a_base: Sequence[float],
+    a_full: Sequence[float],
+    b_layer: Sequence[Sequence[float]],
+    b_base: Sequence[float],
+    b_full: Sequence[float],
+    *,
+    n_boot: int = 10000,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_gain: float = MIN_GAIN,
+    max_dropped: float = MAX_DROPPED_FRACTION,
+) -> CrossRankCorrelation:
+    """Spearman and Kendall (tau-b) between two domains' contributions of the same layers, with seed CIs.
+
+    ``a_layer[l][i]``, ``a_base[i]``, ``a_full[i]``: domain A's scores of layer l, the base model and full RL on
+    its seed i (paired by index); the same for B, whose seeds need not be A's (the domains are trained apart).
+    Each domain's ``C_l = (mean S_l - mean S_base) / (mean S_full - mean S_base)`` over its seeds (as
+    ``contribution_over_seeds``); the correlations compare the two rankings.
+
+    CI: ``n_boot`` resamples in which each domain's seeds are drawn with replacement, independently of the
+    other domain's (the same draw for all of one domain's layers, base and full), both domains' ``C_l``
+    recomputed, then both correlations; the ``(1-ci)/2`` and ``(1+ci)/2`` quantiles. A resample whose full
+    gain in either domain falls below ``min_gain`` in the observed direction, or whose ``C_l`` are all equal
+    in a domain, is dropped; more than ``max_dropped`` dropped: no CI. A domain with one seed: no CI (with
+    2-4 seeds the percentile CI is too narrow; see ``contribution_over_seeds``). Deterministic given ``seed``.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    mats = []
+    for name, layer, base, full in (("a", a_layer, a_base, a_full), ("b", b_layer, b_base, b_full)):
+        lay = np.asarray(layer, dtype=np.float64)
+        bas, ful = _as_scores(base, f"{name}_base"), _as_scores(full, f"{name}_full")
+        if lay.ndim != 2 or lay.shape[1] != len(bas) or len(ful) != len(bas) or not np.all(np.isfinite(lay)):
+            raise ValueError(f"{name}_layer must be finite (layers, seeds) scores paired with {len(bas)} base and "
+                             f"{len(ful)} full scores; got shape {lay.shape}")
+        mats.append((lay, bas, ful))
+    (la, ba, fa), (lb, bb, fb) = mats
+    if la.shape[0] != lb.shape[0]:
+        raise ValueError(f"both domains must score the same layers: got {la.shape[0]} and {lb.shape[0]}")
+    n_layers, seeds = la.shape[0], (la.shape[1], lb.shape[1])
+    none = CrossRankCorrelation(n_layers, seeds, None, None, None, None, None, n_boot)
+    if n_layers < 3:
+        return dataclasses.replace(none, reason=f"{n_layers} layer(s) compared: a rank correlation needs at least 3")
+    gains = (fa.mean() - ba.mean(), fb.mean() - bb.mean())
+    if min(abs(g) for g in gains) < min_gain:
+        return dataclasses.replace(none, reason=(
+            f"full-parameter gain too small to divide by (mean(S_full) - mean(S_base) = {gains[0]:.4g} and "
+            f"{gains[1]:.4g}; |gain| < min_gain = {min_gain:g} in at least one domain)"))
+    ca, cb = (la.mean(axis=1) - ba.mean()) / gains[0], (lb.mean(axis=1) - bb.mean()) / gains[1]
+    rho, tau = spearman(ca, cb), kendall_tau(ca, cb)
+    contribution = (tuple(float(v) for v in ca), tuple(float(v) for v in cb))
+    if not np.isfinite(rho):
+        return dataclasses.replace(none, contribution=contribution,
+                                   reason="a domain's contributions are all equal: no ranking to correlate")
+    out = dataclasses.replace(none, contribution=contribution, spearman=float(rho), kendall=float(tau))
+    if min(seeds) == 1:
+        return dataclasses.replace(out, reason="one seed in a domain: no confidence interval")
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for (lay, bas, ful), gain in zip(mats, gains):  # each domain's seeds drawn on their own
+        idx = rng.integers(0, lay.shape[1], size=(n_boot, lay.shape[1]))
+        gain_b = ful[idx].mean(axis=1) - bas[idx].mean(axis=1)
+        keep = np.sign(gain) * gain_b >= min_gain
+        c = (lay[:, idx].mean(axis=2) - bas[idx].mean(axis=1)).T / np.where(keep, gain_b, 1.0)[:, None]
+        resampled.append((c, keep))
+    (cab, keep_a), (cbb, keep_b) = resampled
+    keep = keep_a & keep_b
+    rhos, taus = [], []
+    for start in range(0, n_boot, 1000):  # chunks keep the (chunk, layers, layers) sign arrays small
+        r, t = _rowwise_spearman_kendall(cab[start:start + 1000], cbb[start:start + 1000])
+        ok = keep[start:start + 1000] & np.isfinite(r)
+        rhos.append(r[ok])
+        taus.append(t[ok])
+    rhos, taus = np.concatenate(rhos), np.concatenate(taus)
+    dropped = 1.0 - len(rhos) / n_boot
+    if dropped > max_dropped:
+        return dataclasses.replace(out, dropped_fraction=float(dropped), reason=(
+            f"no CI: {dropped:.1%} of bootstrap resamples (limit {max_dropped:.0%}) had too small a full-parameter "
+            "gain or all-equal contributions"))
+    qs = [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]
+    return dataclasses.replace(out, dropped_fraction=float(dropped),
+                               spearman_ci=tuple(float(v) for v in np.quantile(rhos, qs)),
+                               kendall_ci=tuple(float(v) for v in np.quantile(taus, qs)))

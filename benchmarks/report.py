@@ -3,7 +3,10 @@
 Writes under ``SWEEP_DIR/report/``: ``report.md`` (tables, findings, the
 settings, software and machine), ``summary.txt`` (the main table, printed by
 the CLI), ``numbers.json`` and ``contributions.csv`` (every number),
-``contribution_vs_depth.png``, ``heatmap.png`` and ``learning_curves.png``.
+``contribution_by_depth.png`` (every domain's curve on one axes), ``contribution_vs_depth.png``,
+``heatmap.png`` and ``learning_curves.png``. Across domains it answers the paper's question: per domain, middle
+third vs outer thirds with a paired CI over seeds; per pair of domains, Spearman and Kendall of the layer
+rankings with bootstrap CIs over seeds; the transfer matrix (each domain's jobs on every domain's suite).
 Every contribution is ``C_l = (S_l - S_base) / (S_full - S_base)`` of the
 seed means with a paired bootstrap CI over seeds (contribution.py); a
 full-parameter gain too small to divide by is flagged, never printed as a ratio.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -24,8 +28,11 @@ from onelayer.benchmarks.contribution import (
     MIN_GAIN,
     ContributionEstimate,
     RankAgreement,
+    bootstrap_mean_ci,
     contribution_over_seeds,
+    cross_rank_correlation_over_seeds,
     kendall_tau,
+    mean_t_ci,
     pearson,
     rank_agreement_over_seeds,
     spearman,
@@ -183,19 +190,217 @@ def _depth_groups(rows: list[Row], domain: str, algo: str, num_layers: int, resu
               and r.layer in ls and r.contribution is not None]
         means[g] = float(np.mean(cs)) if cs else None
     seeds = sorted(set(scores["base"]) & set(scores["full"]))
-    per_seed = []
+    per_seed, compared = [], []
     for s in seeds:
         gain = scores["full"][s] - scores["base"][s]
-        if abs(gain) < 0.01:
+        if abs(gain) < MIN_GAIN:
             continue
         c = {g: [(scores[str(x)][s] - scores["base"][s]) / gain for x in ls if s in scores.get(str(x), {})]
              for g, ls in groups.items()}
         if c["middle"] and (c["first"] or c["last"]):
             ends = c["first"] + c["last"]
             per_seed.append(float(np.mean(c["middle"]) - np.mean(ends)))
+            compared.append(s)
     return {"groups": {g: ls for g, ls in groups.items()}, "mean_contribution": means,
             "middle_minus_ends_per_seed": per_seed,
-            "middle_higher_in": sum(d > 0 for d in per_seed), "seeds_compared": len(per_seed)}
+            "middle_higher_in": sum(d > 0 for d in per_seed), "seeds_compared": len(per_seed),
+            "middle_minus_outer": _middle_minus_outer(per_seed, compared)}
+
+
+DEPTH_METHOD = ("per seed: mean C_l over the middle-third layers minus mean C_l over the first- and last-third "
+                "layers, each C_l that seed's own (S_l - S_base) / (S_full - S_base) (seeds with |S_full - S_base| "
+                ">= 0.01); ci: 95% t interval of the mean over seeds (df = seeds - 1); bootstrap_ci: 95% percentile "
+                "bootstrap of the mean over seeds (too narrow with few seeds)")
+
+
+def _middle_minus_outer(per_seed: list[float], seeds: list[int]) -> dict:
+    """Middle third minus outer thirds, paired over seeds: the mean difference with a t and a bootstrap CI."""
+    entry: dict = {"mean": None, "ci": None, "bootstrap_ci": None, "seeds": seeds, "per_seed": per_seed,
+                   "middle_higher_in": sum(d > 0 for d in per_seed), "method": DEPTH_METHOD}
+    if not per_seed:
+        entry["note"] = ("no seed with a middle-third layer, an outer-third layer and a full-parameter gain of at "
+                         f"least {MIN_GAIN}")
+        return entry
+    mean, low, high = mean_t_ci(per_seed)
+    entry["mean"] = mean
+    if low is None:
+        entry["note"] = "n/a (1 seed)"
+        return entry
+    _, b_low, b_high = bootstrap_mean_ci(per_seed, n_boot=N_BOOT)
+    entry.update(ci=[low, high], bootstrap_ci=[b_low, b_high])
+    return entry
+
+
+def _depth_markdown(depth: dict, keys: list[tuple[str, str]]) -> list[str]:
+    lines = ["## Middle third vs outer thirds", "",
+             "Do the middle layers contribute more than the first and last ones? Per seed: the mean `C_l` of the "
+             "middle-third layers minus that of the first- and last-third layers (each `C_l` that seed's own ratio); "
+             "the mean over seeds with a 95% t interval (df = seeds - 1) and a 95% percentile bootstrap over seeds "
+             "(too narrow with few seeds); and in how many seeds the middle was higher.", "",
+             "| domain (algo) | middle layers | outer layers | middle - outer per seed | mean [95% t CI] | "
+             "bootstrap CI | middle higher in |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for d, a in keys:
+        key, g = f"{d} ({a})", depth[f"{d}/{a}"]
+        m = g.get("middle_minus_outer")
+        if not m:
+            lines.append(f"| {key} | - | - | - | - (no single-layer block index or no base/full result) | - | - |")
+            continue
+        outer = g["groups"]["first"] + g["groups"]["last"]
+        per_seed = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(m["seeds"], m["per_seed"])) or "-"
+        mean = "-" if m["mean"] is None else f"{m['mean']:+.3f}"
+        ci = f" [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}]" if m["ci"] else f" [{m['note']}]"
+        boot = f"[{m['bootstrap_ci'][0]:+.2f}, {m['bootstrap_ci'][1]:+.2f}]" if m["bootstrap_ci"] else "n/a"
+        lines.append(f"| {key} | {g['groups']['middle']} | {outer} | {per_seed} | {mean}{ci} | {boot} | "
+                     f"{m['middle_higher_in']} of {len(m['per_seed'])} |")
+    return lines + [""]
+
+
+def _series(pairs) -> dict[str, tuple[str, str]]:
+    """A name for each trained (domain, algo): the domain, with the algorithm in brackets when it ran several."""
+    pairs = list(dict.fromkeys(pairs))
+    out = {}
+    for d, a in pairs:
+        several = sum(p[0] == d for p in pairs) > 1
+        out[f"{d} ({a})" if several else d] = (d, a)
+    return out
+
+
+PAPER_RANK_NOTE = ("The paper reports Spearman 0.76 across datasets and 0.59 between math and code, from one run "
+                   "per layer, without seeds or CIs.")
+
+
+def _cross_domain_rank(results: list[JobResult], n_boot: int = N_BOOT) -> dict:
+    """For every pair of trained domains: Spearman and Kendall of their in-domain ``C_l`` over the layers both
+    swept, each with a bootstrap CI over seeds (each domain's seeds resampled on their own)."""
+    series = _series((r.domain, r.algo) for r in results if r.method != "base")
+    out = {}
+    for (na, (da, aa)), (nb, (db, ab)) in itertools.combinations(series.items(), 2):
+        if da == db:
+            continue  # two algorithms of one domain: rank_correlations compares those
+        scores = {na: layer_contributions(results, da, algo=aa), nb: layer_contributions(results, db, algo=ab)}
+        layers = sorted(set.intersection(*({int(t) for t in s if t.isdigit()} for s in scores.values())))
+        entry: dict = {"layers": layers, "seeds": {}, "spearman": None, "spearman_ci": None, "kendall": None,
+                       "kendall_ci": None, "n_boot": n_boot, "method": CROSS_METHOD}
+        out[f"{na} vs {nb}"] = entry
+        mats = []
+        for name, s in scores.items():
+            if "base" not in s or "full" not in s:
+                entry["note"] = f"{name}: no base or full-parameter result"
+                break
+            seeds = sorted(set(s["base"]).intersection(s["full"], *(s[str(x)] for x in layers)))
+            entry["seeds"][name] = seeds
+            mats += [[[s[str(x)][i] for i in seeds] for x in layers], [s["base"][i] for i in seeds],
+                     [s["full"][i] for i in seeds]]
+        if "note" in entry:
+            continue
+        if len(layers) < 3:
+            entry["note"] = f"{len(layers)} layer(s) swept in both domains: a rank correlation needs at least 3"
+            continue
+        if not all(entry["seeds"].values()):
+            entry["note"] = "a domain has no seed with base, full and every compared layer"
+            continue
+        est = cross_rank_correlation_over_seeds(*mats, n_boot=n_boot)
+        entry.update(spearman=est.spearman, kendall=est.kendall,
+                     spearman_ci=list(est.spearman_ci) if est.spearman_ci else None,
+                     kendall_ci=list(est.kendall_ci) if est.kendall_ci else None)
+        if est.contribution is not None:
+            entry["contribution"] = {name: dict(zip(map(str, layers), c)) for name, c in zip(scores, est.contribution)}
+        if est.reason:
+            flat = [name for name, c in entry.get("contribution", {}).items() if len(set(c.values())) == 1]
+            entry["note"] = (f"{' and '.join(flat)}: every compared layer has the same C_l, no ranking to correlate"
+                             if est.spearman is None and flat else est.reason)
+    return out
+
+
+CROSS_METHOD = ("Spearman and Kendall tau-b of the two domains' in-domain C_l (ratio of seed means) over the layers "
+                "both swept, on each domain's seeds with base, full and every compared layer; 95% percentile "
+                "bootstrap CI: each domain's seeds resampled with replacement on their own, C_l recomputed, both "
+                "correlations recomputed (RNG seed 0)")
+
+
+def _ci_pair(value: float | None, ci: list | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")  # the line's note says why not
+
+
+def _cross_markdown(cross: dict) -> list[str]:
+    lines = ["## Do the domains rank layers alike?", "",
+             "Spearman and Kendall (tau-b) between two domains' in-domain `C_l` (ratio of seed means) over the layers "
+             f"both swept; 95% percentile bootstrap CI over seeds ({N_BOOT} resamples; each domain's seeds resampled "
+             "with replacement independently of the other's, `C_l` and both correlations recomputed; RNG seed 0). "
+             + PAPER_RANK_NOTE, ""]
+    for pair, v in cross.items():
+        seeds = "; ".join(f"{name} seeds {s}" for name, s in v["seeds"].items())
+        if v["spearman"] is None:
+            lines.append(f"- {pair}: not computed ({v.get('note', '')}); layers {v['layers']}")
+            continue
+        note = " (1 seed: no CI)" if "one seed" in v.get("note", "") else (f" ({v['note']})" if v.get("note") else "")
+        lines.append(f"- {pair}: Spearman {_ci_pair(v['spearman'], v['spearman_ci'])}, Kendall "
+                     f"{_ci_pair(v['kendall'], v['kendall_ci'])} over layers {v['layers']} ({seeds}){note}")
+    return lines + [""]
+
+
+def _in_domain_suites(results: list[JobResult], meta: dict) -> dict[str, str]:
+    """Each trained domain's in-domain suite: the first it lists in sweep.json, else its jobs' first score."""
+    out = {}
+    for d in dict.fromkeys(r.domain for r in results):
+        listed = (meta.get("eval_suites") or {}).get(d)
+        first = listed[0] if listed else next((next(iter(r.scores)) for r in results if r.domain == d and r.scores), None)
+        if first:
+            out[d] = first
+    return out
+
+
+def _transfer_matrix(rows: list[Row], own: dict[str, str]) -> dict:
+    """``{trained: {target: {suite: cell}}}``: each trained domain's base, full and single-layer rows on every swept
+    domain's in-domain suite and ``all`` (C_all), as the per-suite table computes them. Empty with one domain."""
+    if len(own) < 2:
+        return {}
+    columns = [*dict.fromkeys(own.values()), "all"]
+    out: dict = {}
+    for name, (d, a) in _series((r.domain, r.algo) for r in rows).items():
+        cells: dict = {}
+        for r in rows:
+            if r.domain == d and r.algo == a and r.suite in columns:
+                cell = {"score_mean": r.score_mean, "contribution": r.contribution, "ci_low": r.ci_low,
+                        "ci_high": r.ci_high, "n_seeds": r.n_seeds}
+                cells.setdefault(r.target, {})[r.suite] = {**cell, **({"note": r.note} if r.note else {})}
+        out[name] = cells
+    return out
+
+
+def _transfer_markdown(matrix: dict, own: dict[str, str], series: dict[str, tuple[str, str]]) -> list[str]:
+    columns = [*dict.fromkeys(own.values()), "all"]
+    label = {s: f"{s} ({', '.join(d for d, x in own.items() if x == s)})" for s in columns[:-1]} | {"all": "C_all"}
+    lines = ["## Transfer matrix", "",
+             "Each trained domain's jobs scored on every swept domain's in-domain suite: base and full give the score, "
+             "a layer its `C_l` on that suite [95% CI] (the per-suite table's contribution); `C_all` is over all "
+             "suites every job of the trained domain was scored on.", ""]
+    for name, cells in matrix.items():
+        scored = {s for t in cells.values() for s in t}
+        if not scored - {own.get(series[name][0]), "all"}:
+            lines += [f"### trained on {name}", "", "- scored on its own suite only (run the sweep with transfer on)",
+                      ""]
+            continue
+        lines += [f"### trained on {name}", "", "| target | " + " | ".join(label[s] for s in columns) + " |",
+                  "| --- | " + " | ".join("---" for _ in columns) + " |"]
+        for target, by_suite in cells.items():
+            out = []
+            for s in columns:
+                c = by_suite.get(s)
+                if c is None:
+                    out.append("not scored")
+                elif target in ("base", "full"):
+                    out.append(f"score {c['score_mean']:.3f}")
+                elif c["contribution"] is None:
+                    out.append("undefined (full gain too small)" if "too small" in c.get("note", "") else "-")
+                else:
+                    ci = f" [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]" if c["ci_low"] is not None else ""
+                    out.append(f"{_fmt(c['contribution'])}{ci}")
+            lines.append(f"| {target} | " + " | ".join(out) + " |")
+        lines.append("")
+    return lines
 
 
 def _correlations(rows: list[Row]) -> dict:
@@ -408,6 +613,43 @@ def _plots(rows: list[Row], curves: dict, out: Path, num_layers: int) -> list[st
     return made
 
 
+DEPTH_FIGURE = "contribution_by_depth.png"
+
+
+def _depth_figure(rows: list[Row], out: Path, num_layers: int) -> str:
+    """``contribution_by_depth.png``: every domain's in-domain C_l against layer index on one axes (95% CI bars),
+    the middle third shaded, full RL at 1 and the base model at 0. The file name never holds a domain's name (a
+    plugin env id has a "/"), so any domain plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.axvspan(num_layers / 3 - 0.5, 2 * num_layers / 3 - 0.5, color="gray", alpha=0.1, label="middle third")
+    for name, (d, a) in _series((r.domain, r.algo) for r in rows).items():
+        pts = sorted((r.layer, r.contribution, r.ci_low, r.ci_high) for r in rows
+                     if r.domain == d and r.algo == a and r.suite == "in-domain" and r.layer is not None
+                     and r.target == str(r.layer) and r.contribution is not None)
+        if not pts:
+            continue
+        x, y, lo, hi = zip(*pts)
+        err = np.array([[c - (low if low is not None else c) for c, low in zip(y, lo)],
+                        [(high if high is not None else c) - c for c, high in zip(y, hi)]])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+    ax.axhline(1.0, color="black", ls="--", lw=0.9, label="full RL (C = 1)")
+    ax.axhline(0.0, color="gray", ls=":", lw=0.8, label="base (C = 0)")
+    ax.set_xlabel(f"layer index (0..{num_layers - 1})")
+    ax.set_ylabel("C_l (ratio of seed means)")
+    ax.set_xlim(-0.5, num_layers - 0.5)
+    ax.legend(fontsize=8)
+    ax.set_title("Contribution vs depth per domain (95% bootstrap CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / DEPTH_FIGURE, dpi=120)
+    plt.close(fig)
+    return DEPTH_FIGURE
+
+
 # ----------------------------------------------------------------------------- probe validation (issue 25)
 PROBE_KS = (3, 5)
 
@@ -562,7 +804,10 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
     scale_cmp = _scale_comparison(results, by_scale)
     primary = {d: primary_lr_scale([r for r in results if r.domain == d]) for d in {r.domain for r in results}}
     curves = _learning_curves([r for r in results if r.method != "layer" or r.lr_scale == primary[r.domain]])
-    plots = _plots(rows, curves, out, num_layers)
+    plots = [_depth_figure(rows, out, num_layers), *_plots(rows, curves, out, num_layers)]
+    cross = _cross_domain_rank(results)
+    own = _in_domain_suites(results, meta)
+    matrix = _transfer_matrix(rows, own)
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -575,6 +820,7 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
     numbers = {
         "rows": [asdict(r) for r in rows], "depth_groups": depth, "rank_correlations": corr,
         "weight_change_vs_contribution": change_corr, "lr_scales": scale_cmp, "learning_curves": curves,
+        "cross_domain_rank": cross, "transfer_matrix": matrix, "transfer_matrix_suites": own if matrix else {},
         "jobs": [asdict(r) for r in results]}
     if probe_checks:
         numbers["probe"] = probe_checks
@@ -591,6 +837,10 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
             summary.append(f"middle vs first/last layers: mean C first {_fmt(mc['first'])}, middle {_fmt(mc['middle'])}, "
                            f"last {_fmt(mc['last'])}; middle higher than the ends in {g['middle_higher_in']} of "
                            f"{g['seeds_compared']} seeds")
+            m = g["middle_minus_outer"]
+            ci = (f"95% CI [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}] (t interval over {len(m['per_seed'])} seeds)"
+                  if m["ci"] else m["note"])
+            summary.append(f"middle third minus outer thirds, paired over seeds: mean {m['mean']:+.3f}, {ci}")
         for pair, v in scale_cmp["by_series"].get(f"{d}/{a}", {}).get("rank_correlations", {}).items():
             summary.append(_scale_line("single-layer lr scale", pair, v))
         summary.append("")
@@ -627,6 +877,11 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
                     cells.append(_c_text(hit[0]) if hit else "")
                 md.append(f"| {d} | {a} | {t} | " + " | ".join(cells) + " |")
         md.append("")
+    md += _depth_markdown(depth, keys)
+    if cross:
+        md += _cross_markdown(cross)
+    if matrix:
+        md += _transfer_markdown(matrix, own, _series((r.domain, r.algo) for r in rows))
     md += ["## Weight change vs contribution", "",
            "How far full-parameter RL moved each block (L2 norm of its change, mean over seeds) against that "
            "block's contribution. The paper finds no relation.", ""]

@@ -8,6 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from onelayer.benchmarks.contribution import (
+    cross_rank_correlation_over_seeds,
+    kendall_tau,
+    mean_t_ci,
+    spearman,
+    t_quantile,
+)
 from onelayer.benchmarks.report import build_rows, write_report
 from onelayer.benchmarks.sweep_results import JobResult, append_result, layer_ranking, load_results
 from onelayer.errors import UserError
@@ -186,3 +193,188 @@ def test_lr_scales_are_compared_by_rank_and_leave_the_main_tables_alone(tmp_path
 def test_a_sweep_of_one_scale_says_how_to_compare_scales(tmp_path):
     path = write_report(_store(tmp_path, domains=("math",)))
     assert "rerun the sweep with another `--single-layer-lr-scale`" in path.read_text()
+
+
+# ----------------------------------------------------------------------------- three domains (issue 24)
+PLUGIN = "oneplug/Parity-v0"  # a plugin env id as a domain: a "/" in its name
+OWN = {"math": "math-l1", "code": "humaneval", PLUGIN: "parity-eval"}
+# C_l per domain on a 6-layer model (thirds: 0-1, 2-3, 4-5). Code ranks the layers exactly as math (its C is
+# math's squared, a monotone map); the plugin ranks them in reverse (1 - math's). Math and code peak in the middle.
+C_MATH = {0: 0.1, 1: 0.3, 2: 0.9, 3: 0.7, 4: 0.4, 5: 0.2}
+C_DOM = {"math": C_MATH, "code": {k: v**2 for k, v in C_MATH.items()}, PLUGIN: {k: 1 - v for k, v in C_MATH.items()}}
+BASE3 = 0.2
+FULL3 = [0.60, 0.64, 0.56]  # per seed
+
+
+def _noise(layer: int, seed: int) -> float:
+    """A per-seed wobble of C_l smaller than any gap between two layers' C_l, so every seed ranks alike."""
+    return 0.004 * ((layer + 2 * seed) % 3 - 1)
+
+
+def _three_domain_store(tmp_path, domains=tuple(OWN), seeds=(0, 1, 2)):
+    """Every domain's jobs scored on every domain's suite: own suite ``base + gain * (C_l + noise)``, another
+    domain's suite base 0.1, full 0.3 and layer ``0.1 + 0.2 * C_l / 2`` (transfer C = C_l / 2 exactly)."""
+    d = tmp_path / "three"
+    d.mkdir()
+    suites = [OWN[x] for x in domains]
+    (d / "sweep.json").write_text(json.dumps({
+        "spec": {"model": "tiny", "algos": ["grpo"], "domains": list(domains), "steps": 5},
+        "all": {"seeds": list(seeds)}, "num_layers": 6,
+        "eval_suites": {x: [OWN[x], *(s for s in suites if s != OWN[x])] for x in domains}}))
+
+    def scores(dom, own_value, other_value):
+        return {OWN[dom]: own_value, **{s: other_value for s in suites if s != OWN[dom]}}
+
+    for dom in domains:
+        append_result(d, JobResult(f"{dom}/base", dom, -1, "base", "none", None, "none", BASE3,
+                                   scores(dom, BASE3, 0.1)))
+        for s in seeds:
+            append_result(d, JobResult(f"{dom}/grpo/s{s}/full", dom, s, "full", "all", None, "grpo", FULL3[s],
+                                       scores(dom, FULL3[s], 0.3)))
+            for layer, c in C_DOM[dom].items():
+                v = BASE3 + (FULL3[s] - BASE3) * (c + _noise(layer, s))
+                append_result(d, JobResult(f"{dom}/grpo/s{s}/layer-{layer}", dom, s, "layer", str(layer), layer,
+                                           "grpo", v, scores(dom, v, 0.1 + 0.2 * c / 2)))
+    return d
+
+
+def _seed_c(dom: str, layer: int, seed: int) -> float:
+    return C_DOM[dom][layer] + _noise(layer, seed)
+
+
+def test_middle_vs_outer_thirds_has_a_paired_t_interval_over_seeds(tmp_path):
+    path = write_report(_three_domain_store(tmp_path))
+    depth = json.loads((path.parent / "numbers.json").read_text())["depth_groups"]
+    for dom, higher in (("math", 3), (PLUGIN, 0)):
+        g = depth[f"{dom}/grpo"]
+        assert g["groups"] == {"first": [0, 1], "middle": [2, 3], "last": [4, 5]}  # the existing keys stay
+        m = g["middle_minus_outer"]
+        want = [np.mean([_seed_c(dom, x, s) for x in (2, 3)]) - np.mean([_seed_c(dom, x, s) for x in (0, 1, 4, 5)])
+                for s in range(3)]
+        assert m["per_seed"] == pytest.approx(want) and m["seeds"] == [0, 1, 2]
+        assert g["middle_minus_ends_per_seed"] == pytest.approx(want)
+        lo, hi = stats.t.interval(0.95, 2, loc=np.mean(want), scale=stats.sem(want))
+        assert m["mean"] == pytest.approx(np.mean(want)) and m["ci"] == pytest.approx([lo, hi])
+        assert m["middle_higher_in"] == higher and "t interval" in m["method"]
+        assert m["bootstrap_ci"][0] >= min(want) - 1e-12 and m["bootstrap_ci"][1] <= max(want) + 1e-12
+    assert depth["math/grpo"]["middle_minus_outer"]["ci"][0] > 0  # middle higher in every seed: CI above 0
+    assert depth[f"{PLUGIN}/grpo"]["middle_minus_outer"]["ci"][1] < 0
+    md = path.read_text()
+    assert "## Middle third vs outer thirds" in md and "| math (grpo) | [2, 3] | [0, 1, 4, 5] |" in md
+    assert "3 of 3 |" in md and "0 of 3 |" in md
+    assert "middle third minus outer thirds, paired over seeds: mean +0.5" in (path.parent / "summary.txt").read_text()
+
+
+def test_domains_that_rank_layers_alike_or_reversed_give_rank_correlations_of_plus_and_minus_one(tmp_path):
+    path = write_report(_three_domain_store(tmp_path))
+    cross = json.loads((path.parent / "numbers.json").read_text())["cross_domain_rank"]
+    assert list(cross) == ["math vs code", f"math vs {PLUGIN}", f"code vs {PLUGIN}"]
+    same = cross["math vs code"]
+    assert same["layers"] == [0, 1, 2, 3, 4, 5] and same["seeds"] == {"math": [0, 1, 2], "code": [0, 1, 2]}
+    # every seed ranks the layers alike, so every resample of seeds does: the CI is the point
+    assert same["spearman"] == pytest.approx(1.0) and same["spearman_ci"] == pytest.approx([1.0, 1.0])
+    assert same["kendall"] == pytest.approx(1.0) and same["kendall_ci"] == pytest.approx([1.0, 1.0])
+    assert same["n_boot"] == 10000 and "resampled" in same["method"]
+    s_2 = [BASE3 + (FULL3[s] - BASE3) * _seed_c("code", 2, s) for s in range(3)]
+    assert same["contribution"]["code"]["2"] == pytest.approx((np.mean(s_2) - BASE3) / (np.mean(FULL3) - BASE3))
+    for pair in (f"math vs {PLUGIN}", f"code vs {PLUGIN}"):
+        v = cross[pair]
+        assert v["spearman"] == pytest.approx(-1.0) and v["spearman_ci"] == pytest.approx([-1.0, -1.0])
+        assert v["kendall"] == pytest.approx(-1.0) and v["kendall_ci"] == pytest.approx([-1.0, -1.0])
+    md = path.read_text()
+    assert "## Do the domains rank layers alike?" in md
+    assert "- math vs code: Spearman 1.000 [1.00, 1.00], Kendall 1.000 [1.00, 1.00] over layers [0, 1, 2, 3, 4, 5]" in md
+    assert f"- math vs {PLUGIN}: Spearman -1.000 [-1.00, -1.00]" in md
+    assert "Spearman 0.76 across datasets and 0.59 between math and code" in md
+
+
+def test_cross_domain_ci_resamples_each_domains_seeds_on_their_own():
+    """The bootstrap CI is the quantile of both correlations recomputed on each domain's own resample of seeds."""
+    rng = np.random.default_rng(3)
+    a_layer, b_layer = rng.uniform(0.3, 0.6, (5, 3)), rng.uniform(0.1, 0.4, (5, 4))
+    a_base, a_full, b_base, b_full = [0.2] * 3, [0.6, 0.7, 0.65], [0.1] * 4, [0.4, 0.5, 0.45, 0.42]
+    est = cross_rank_correlation_over_seeds(a_layer, a_base, a_full, b_layer, b_base, b_full, n_boot=400, seed=7)
+    ca = (a_layer.mean(1) - 0.2) / (np.mean(a_full) - 0.2)
+    cb = (b_layer.mean(1) - 0.1) / (np.mean(b_full) - 0.1)
+    assert est.spearman == pytest.approx(stats.spearmanr(ca, cb).statistic)
+    assert est.kendall == pytest.approx(stats.kendalltau(ca, cb).statistic)
+    draw = np.random.default_rng(7)
+    ia, ib = draw.integers(0, 3, (400, 3)), draw.integers(0, 4, (400, 4))
+    rhos, taus = [], []
+    for i, j in zip(ia, ib):
+        x = (a_layer[:, i].mean(1) - 0.2) / (np.mean(np.asarray(a_full)[i]) - 0.2)
+        y = (b_layer[:, j].mean(1) - 0.1) / (np.mean(np.asarray(b_full)[j]) - 0.1)
+        rhos.append(spearman(x, y))
+        taus.append(kendall_tau(x, y))
+    assert est.spearman_ci == pytest.approx(tuple(np.quantile(rhos, [0.025, 0.975])))
+    assert est.kendall_ci == pytest.approx(tuple(np.quantile(taus, [0.025, 0.975])))
+    assert est.dropped_fraction == 0.0 and est.n_seeds == (3, 4)
+
+
+def test_t_quantile_and_interval_match_scipy():
+    for df in (1, 2, 4, 29):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-9)
+        assert t_quantile(0.05, df) == pytest.approx(stats.t.ppf(0.05, df), abs=1e-9)
+    x = [0.2, 0.5, 0.35, 0.1]
+    mean, lo, hi = mean_t_ci(x)
+    assert (lo, hi) == pytest.approx(stats.t.interval(0.95, 3, loc=np.mean(x), scale=stats.sem(x)))
+    assert mean_t_ci([0.4]) == (0.4, None, None)
+
+
+def test_transfer_matrix_scores_each_trained_domain_on_every_domains_suite(tmp_path):
+    path = write_report(_three_domain_store(tmp_path))
+    nums = json.loads((path.parent / "numbers.json").read_text())
+    matrix = nums["transfer_matrix"]
+    assert nums["transfer_matrix_suites"] == {"math": "math-l1", "code": "humaneval", PLUGIN: "parity-eval"}
+    assert list(matrix) == ["math", "code", PLUGIN]
+    math = matrix["math"]
+    assert list(math) == ["base", "full", "0", "1", "2", "3", "4", "5"]
+    assert set(math["2"]) == {"math-l1", "humaneval", "parity-eval", "all"}
+    assert math["full"]["humaneval"]["score_mean"] == pytest.approx(0.3)
+    assert math["full"]["math-l1"]["score_mean"] == pytest.approx(np.mean(FULL3))
+    for layer, c in C_MATH.items():  # another domain's suite: C = C_l / 2 exactly
+        assert math[str(layer)]["humaneval"]["contribution"] == pytest.approx(c / 2)
+        assert math[str(layer)]["parity-eval"]["contribution"] == pytest.approx(c / 2)
+    s_l = [np.mean([BASE3 + (FULL3[s] - BASE3) * _seed_c("math", 2, s), 0.1 + 0.1 * C_MATH[2], 0.1 + 0.1 * C_MATH[2]])
+           for s in range(3)]
+    s_b, s_f = (BASE3 + 0.2) / 3, [(f + 0.6) / 3 for f in FULL3]
+    assert math["2"]["all"]["contribution"] == pytest.approx((np.mean(s_l) - s_b) / (np.mean(s_f) - s_b))
+    # the same numbers as the per-suite table's rows, whose schema stays
+    (row,) = [r for r in nums["rows"] if r["domain"] == "math" and r["suite"] == "humaneval" and r["target"] == "2"]
+    assert row["contribution"] == math["2"]["humaneval"]["contribution"]
+    assert {"domain", "suite", "target", "score_mean", "contribution", "ci_low", "ci_high"} <= set(row)
+    md = path.read_text()
+    assert "## Transfer matrix" in md and f"### trained on {PLUGIN}" in md
+    assert "| target | math-l1 (math) | humaneval (code) | parity-eval (oneplug/Parity-v0) | C_all |" in md
+    assert "| full | score 0.600 | score 0.300 | score 0.300 |" in md
+
+
+def test_one_figure_holds_every_domains_contribution_curve(tmp_path):
+    path = write_report(_three_domain_store(tmp_path))
+    fig = path.parent / "contribution_by_depth.png"
+    assert fig.is_file() and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
+    assert "![contribution_by_depth.png](contribution_by_depth.png)" in path.read_text()
+    assert not list(path.parent.rglob("*Parity*"))  # no file named after a domain
+
+
+def test_a_one_domain_one_seed_sweep_reports_without_the_cross_domain_sections(tmp_path):
+    path = write_report(_three_domain_store(tmp_path, domains=(PLUGIN,), seeds=(0,)))
+    nums = json.loads((path.parent / "numbers.json").read_text())
+    m = nums["depth_groups"][f"{PLUGIN}/grpo"]["middle_minus_outer"]
+    assert m["ci"] is None and m["note"] == "n/a (1 seed)" and m["seeds"] == [0]
+    assert m["mean"] == pytest.approx(np.mean([_seed_c(PLUGIN, x, 0) for x in (2, 3)])
+                                      - np.mean([_seed_c(PLUGIN, x, 0) for x in (0, 1, 4, 5)]))
+    assert nums["cross_domain_rank"] == {} and nums["transfer_matrix"] == {}
+    md = path.read_text()
+    assert "## Middle third vs outer thirds" in md and "[n/a (1 seed)] | n/a | 0 of 1 |" in md
+    assert "## Do the domains rank layers alike?" not in md and "## Transfer matrix" not in md
+    assert (path.parent / "contribution_by_depth.png").is_file()
+
+
+def test_two_domains_of_one_seed_give_correlations_without_a_ci(tmp_path):
+    path = write_report(_three_domain_store(tmp_path, domains=("math", PLUGIN), seeds=(0,)))
+    v = json.loads((path.parent / "numbers.json").read_text())["cross_domain_rank"][f"math vs {PLUGIN}"]
+    assert v["spearman"] == pytest.approx(-1.0) and v["spearman_ci"] is None and v["kendall_ci"] is None
+    assert "one seed" in v["note"]
+    line = f"- math vs {PLUGIN}: Spearman -1.000, Kendall -1.000 over layers [0, 1, 2, 3, 4, 5]"
+    assert line in path.read_text() and "(1 seed: no CI)" in path.read_text()

@@ -113,6 +113,7 @@ class TrainConfig:
     mini_batch_size: int | None = _f(None, "Rollouts per optimizer step within an iteration (default: the whole batch).")
     micro_batch_size: int = _f(16, "Rollouts per forward/backward pass (gradient accumulation).")
     reuse_lower_hidden: bool = _f(True, "Run the frozen blocks below the lowest trained block once per batch and reuse their output.")
+    share_prompts: bool = _f(True, "Forward each distinct prompt of a micro-batch once: a group's responses are packed after one copy of their prompt and attend to it (a block mask). False: one full sequence per row (the exact reference path).")
     logprob_chunk_size: int = _f(1024, "Tokens per chunk when computing log-probs (bounds logits memory).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     kl_metric: bool = _f(False, "Log the KL to the reference even when beta is 0 (one extra no-grad forward of the trained blocks and those above; off by default, as in TRL).")

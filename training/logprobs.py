@@ -46,6 +46,17 @@ def response_logprobs(
     mask = response_mask[:, 1:].bool()
     hs = hidden[:, :-1][mask]  # (N, H): states that predict response tokens
     targets = input_ids[:, 1:][mask]
+    lp, ent = head_logprobs(head, hs, targets, temperature, chunk_size)
+    out_lp = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(mask, lp)
+    out_ent = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(mask, ent)
+    pad = torch.zeros((mask.shape[0], 1), dtype=torch.float32, device=input_ids.device)
+    return torch.cat([pad, out_lp], dim=1), torch.cat([pad, out_ent], dim=1)
+
+
+def head_logprobs(head, hs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (N,) of ``targets`` under the LM head on states ``hs`` (N, H) and the entropies (N,, detached),
+    ``chunk_size`` states at a time, each chunk checkpointed when gradients are needed."""
     need_grad = torch.is_grad_enabled() and (hs.requires_grad or any(p.requires_grad for p in head.parameters()))
     logps, ents = [], []
     for s in range(0, hs.shape[0], chunk_size):
@@ -56,13 +67,10 @@ def response_logprobs(
             lp, ent = _chunk_logp(head, h, t, temperature)
         logps.append(lp)
         ents.append(ent.detach())
-    out_lp = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device)
-    out_ent = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device)
-    if logps:
-        out_lp = out_lp.masked_scatter(mask, torch.cat(logps))
-        out_ent = out_ent.masked_scatter(mask, torch.cat(ents))
-    pad = torch.zeros((mask.shape[0], 1), dtype=torch.float32, device=input_ids.device)
-    return torch.cat([pad, out_lp], dim=1), torch.cat([pad, out_ent], dim=1)
+    if not logps:
+        empty = hs.new_zeros((0,), dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(ents)
 
 
 class _StopForward(Exception):
@@ -99,8 +107,10 @@ class LowerStack:
         self.model, self.blocks, self.first = model, blocks, first_trained
         self._tuple_output: bool | None = None
 
-    def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states entering block ``first`` (no grad); the forward stops there."""
+    def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states entering block ``first`` (no grad); the forward stops there. ``attention_mask`` may be
+        a packed row's 4-D mask (with its ``position_ids``)."""
         store = {}
 
         def grab(module, args, kwargs):
@@ -114,7 +124,8 @@ class LowerStack:
         h2 = self.blocks[self.first - 1].register_forward_hook(out_type)
         try:
             with torch.no_grad():
-                decoder_body(self.model)(input_ids=input_ids, attention_mask=attention_mask)
+                kw = {} if position_ids is None else {"position_ids": position_ids}
+                decoder_body(self.model)(input_ids=input_ids, attention_mask=attention_mask, **kw)
         except _StopForward:
             pass
         finally:

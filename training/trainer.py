@@ -467,7 +467,8 @@ class Trainer:
         response tokens get that step's advantage (training/ppo.py has the update itself).
         """
         logprobs = RowLogprobs(self.model, self.engine.pad_id, scoring=self.scoring, temperature=self.config.temperature,
-                               chunk_size=self.config.logprob_chunk_size, lower=self.lower)
+                               chunk_size=self.config.logprob_chunk_size, lower=self.lower,
+                               share_prompts=self.config.share_prompts)
         with self.ranks.update_weights():  # FSDP: the root's frozen tensors stay gathered
             return ppo_update(logprobs, rows_from(trajs, adv), self.config, self.optimizer, self.params,
                               engine=self.engine_logprobs, ref_values=self.ref_values, ranks=self.ranks,

@@ -84,7 +84,7 @@ class SweepSpec:
     extra_suites: list = field(default_factory=list)
     """Suites evaluated on every job on top of the domains' own (transfer checks)."""
     transfer: bool = True
-    """Evaluate every job on every swept domain's suites (contribution on the other domains, C_all)."""
+    """Evaluate every job on every swept domain's in-domain suite (contribution on the other domains, C_all)."""
     eval_items: int | None = None
     """Override every suite's item count (smaller = faster, noisier)."""
     train: dict = field(default_factory=dict)
@@ -131,20 +131,43 @@ class SweepSpec:
         return list(names) if names else [default_suite(domain).name]
 
     def eval_suites(self, domain: str) -> list[str]:
-        """Suites evaluated on a job of ``domain``: its own first, then the other domains', then extras."""
+        """Suites evaluated on a job of ``domain``: its own first, then (transfer) each other domain's in-domain
+        suite (its first), then extras. A domain's further suites (HumanEval next to the procedural code set)
+        score that domain's jobs only."""
         names = list(self.domain_suites(domain))
         if self.transfer:
             for other in self.domains:
-                names += [n for n in self.domain_suites(other) if n not in names]
+                first = self.domain_suites(other)[0]
+                if first not in names:
+                    names.append(first)
         names += [n for n in self.extra_suites if n not in names]
         return names
+
+    def _own_train(self, domain: str) -> dict:
+        """The ``train`` options given for ``domain`` alone (by its name or env id)."""
+        spec = domain_spec(domain)
+        return self.train.get(domain) or self.train.get(spec.name) or self.train.get(spec.env_id) or {}
+
+    def domain_lr(self, domain: str) -> float:
+        """The full-parameter lr of ``domain``'s jobs: an ``lr`` in that domain's own ``train`` options (a per-domain
+        tuned lr, as cpu-three-domains records), else ``lr``, else TrainConfig's. Every job of the domain uses it
+        (times the single-layer scale): the paper's same-lr rule, per domain."""
+        from onelayer.training.config import TrainConfig
+
+        own = self._own_train(domain)
+        if "lr" in own:
+            return float(own["lr"])
+        return self.lr if self.lr is not None else TrainConfig.lr
+
+    def domain_steps(self, domain: str) -> int:
+        """Training steps of ``domain``'s jobs: a ``steps`` in that domain's own ``train`` options, else ``steps``."""
+        return int(self._own_train(domain).get("steps", self.steps))
 
     def train_options(self, domain: str) -> dict:
         """TrainConfig options of a domain's jobs: its env and DomainSpec defaults, then ``train``'s."""
         spec = domain_spec(domain)
         common = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
-        own = self.train.get(domain) or self.train.get(spec.name) or self.train.get(spec.env_id) or {}
-        return {**spec.train_options(), **common, **own}
+        return {**spec.train_options(), **common, **self._own_train(domain)}
 
     def targets(self, num_layers: int, domain: str | None = None) -> list[str]:
         """Single-layer targets as layer specs (``15``, ``15.mlp``); ``none``: no single-layer jobs (only inserted
@@ -254,9 +277,9 @@ def job_train_config(spec: SweepSpec, job: Job, run_dir: Path):
     from onelayer.training.config import TrainConfig
 
     opts = spec.train_options(job.domain)
-    lr = spec.lr if spec.lr is not None else TrainConfig.lr
-    opts.update(model=spec.model, algo=job.algo, seed=job.seed, steps=spec.steps, lr=lr, out=str(run_dir),
-                eval_size=0, save_every=opts.get("save_every", max(1, spec.steps // 4)), save_total_limit=1)
+    lr, steps = spec.domain_lr(job.domain), spec.domain_steps(job.domain)
+    opts.update(model=spec.model, algo=job.algo, seed=job.seed, steps=steps, lr=lr, out=str(run_dir),
+                eval_size=0, save_every=opts.get("save_every", max(1, steps // 4)), save_total_limit=1)
     if job.method == "full":  # full-parameter RL: every weight, embeddings, final norm and LM head included
         opts["also_train"] = ["embeddings", "final_norm", "lm_head"]
     if job.method == "layer":  # the trainer applies it to single-block selections and records it
@@ -394,11 +417,16 @@ def run_job(spec: SweepSpec, job: Job, sweep_dir: Path, cache: ModelCache, progr
     suites = [get_suite(n) for n in spec.eval_suites(job.domain)]
     if spec.eval_items:
         suites = [s.with_overrides(num_items=spec.eval_items) for s in suites]
-    history = opts.get("history_length", 2)
-    results, missing = run_suites(suites, engine, tok, prompt_template=opts.get("prompt_template"),
-                                  system_prompt=opts.get("system_prompt"), history_length=history,
-                                  batch_size=opts.get("rollout_batch_size", 64),
-                                  action_format=opts.get("action_format", "text"))
+    results, missing = {}, {}
+    for suite in suites:
+        # A suite is scored with its own domain's prompt and action options, whichever domain trained the job: a
+        # math job's transfer to ALFWorld is played in the format the agentic jobs are (not in math's text format).
+        o = spec.train_options(suite.env)
+        r, m = run_suites([suite], engine, tok, prompt_template=o.get("prompt_template"),
+                          system_prompt=o.get("system_prompt"), history_length=o.get("history_length", 2),
+                          batch_size=o.get("rollout_batch_size", 64), action_format=o.get("action_format", "text"))
+        results.update(r)
+        missing.update(m)
     own = suites[0].name
     if own not in results:
         raise UserError(f"the in-domain suite of {job.domain!r} cannot run: {missing[own]}")
@@ -432,10 +460,45 @@ def _check_identity(sweep_dir: Path, spec: SweepSpec) -> None:
     old = stored.get("identity", {})
     new = json.loads(json.dumps(spec.identity()))
     diff = [k for k in new if k in old and old[k] != new[k]]
+    if "train" in diff and _only_unrun_domains_changed(sweep_dir, old["train"], new["train"]):
+        diff.remove("train")
     if diff:
         what = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
         raise UserError(f"{sweep_dir} holds a sweep with other settings ({what}); results would not be comparable: "
                         "use a new --out, or the same settings to resume or extend it")
+
+
+EVAL_OPTIONS = ("prompt_template", "system_prompt", "history_length", "action_format")
+"""Train options that also decide how a domain's suites are scored (on every job: transfer)."""
+
+
+def _only_unrun_domains_changed(sweep_dir: Path, old: dict, new: dict) -> bool:
+    """Whether the ``train`` options differ only in the per-domain entries of domains that have no job results
+    yet, and not in how any suite is scored: a study can add a domain, or settle a domain's lr, before its first
+    job runs (cpu-three-domains runs its domains one after another)."""
+    if {k: v for k, v in old.items() if not isinstance(v, dict)} != {k: v for k, v in new.items()
+                                                                      if not isinstance(v, dict)}:
+        return False
+    ran = {r.domain for r in load_results(sweep_dir)} if results_path(sweep_dir).is_file() else set()
+    ran |= {_domain_name(d) for d in ran}
+    for key in set(old) | set(new):
+        a, b = old.get(key, {}), new.get(key, {})
+        if a == b:
+            continue
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            return False
+        if key in ran or _domain_name(key) in ran:
+            return False
+        if any(a.get(k) != b.get(k) for k in EVAL_OPTIONS) and ran:
+            return False
+    return True
+
+
+def _domain_name(key: str) -> str:
+    try:
+        return domain_spec(key).name
+    except UserError:
+        return key
 
 
 def _write_spec(sweep_dir: Path, spec: SweepSpec, num_layers: int) -> None:
@@ -543,6 +606,8 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log
     todo = [j for j in jobs if j.id not in done]
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"({spec.executor} executor)")
+    for line in cost_lines(spec, todo, load_results(sweep_dir) if results_path(sweep_dir).is_file() else []):
+        log(line)
     if spec.executor == "local":
         for i, job in enumerate(todo, 1):
             t = time.time()
@@ -554,7 +619,50 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True, log
     else:
         _run_ray(spec, todo, sweep_dir, log)
     write_ranking(sweep_dir)
-    return load_results(sweep_dir)
+    results = load_results(sweep_dir)
+    for d in spec.domains:
+        mine = [r for r in results if r.domain == d]
+        if mine:
+            log(f"measured: {d}: {len(mine)} jobs, {sum(r.wall_s for r in mine) / 3600:.2f} h of job wall-clock")
+    return results
+
+
+PRESET_JOB_SECONDS: dict[str, dict[str, dict[str, float]]] = {
+    "cpu-three-domains": {"math": {"base": 80, "full": 700, "layer": 330},
+                          "code": {"base": 400, "full": 900, "layer": 600},
+                          "agentic": {"base": 500, "full": 1500, "layer": 1000}},
+}
+"""Seconds per job (base evaluation, full-parameter job, single-layer job) on the idle 2-core development machine,
+as the preset's estimate before a sweep has timed its own jobs (docs/sweeps.md gives the measured totals)."""
+
+
+def cost_lines(spec: SweepSpec, todo: list[Job], done: list[JobResult]) -> list[str]:
+    """Per domain, the estimated wall-clock of the jobs still to run: each job kind at the mean time of the sweep's
+    own finished jobs of that domain and kind, else at the preset's per-job estimate; unknown otherwise."""
+    out = []
+    preset = PRESET_JOB_SECONDS.get(spec.preset or "", {})
+    for d in dict.fromkeys(j.domain for j in todo):
+        jobs = [j for j in todo if j.domain == d]
+        total, parts, sources = 0.0, [], set()
+        for kind in ("base", "full", "layer"):
+            n = sum(j.method == kind for j in jobs)
+            if not n:
+                continue
+            seen = [r.wall_s for r in done if r.domain == d and r.method == kind]
+            if seen:
+                each, src = sum(seen) / len(seen), "this sweep's jobs"
+            elif kind in preset.get(d, {}):
+                each, src = preset[d][kind], f"the {spec.preset} preset's estimate"
+            else:
+                parts.append(f"{n} {kind} (time unknown)")
+                total = float("nan")
+                continue
+            total += n * each
+            parts.append(f"{n} {kind} x {each / 60:.0f} min")
+            sources.add(src)
+        est = "unknown until a job of each kind has run" if total != total else f"~{total / 3600:.1f} h"
+        out.append(f"estimated: {d}: {est} ({', '.join(parts)}; from {' and '.join(sorted(sources)) or 'nothing'})")
+    return out
 
 
 def _fmt_scores(scores: dict) -> str:
@@ -619,6 +727,20 @@ PRESETS: dict[str, dict] = {
     # verl-agent's text format the 135M model never names an admissible action, so every reward is 0. Scored on
     # sampled passes first: greedy, the model answers "1" whatever is listed, so a greedy score moves only when
     # its position preference does (results/RESULTS.md, the ALFWorld compare).
+    # The paper's question on all three domains: the same six layers, 3 seeds, each domain's full-parameter lr
+    # tuned once with tune-lr (results/tune/), every job scored on every domain's in-domain suite (transfer).
+    # Runs its domains one after another; resumable; docs/sweeps.md has its measured cost.
+    "cpu-three-domains": dict(
+        domains=["math", "code", "agentic"], algos=["grpo"], layers="0,6,12,15,22,29", seeds=[0, 1, 2], steps=10,
+        transfer=True,
+        suites={"math": ["math-l1"], "code": ["code-gen-l1", "humaneval"], "agentic": ["alfworld-gen-easy-sampled"]},
+        train={"math": {"lr": 1e-5, "num_tasks": 8, "num_generations": 8},
+               "code": {"lr": 1e-5, "env_kwargs": {"dataset": "procedural", "level": 1}, "max_new_tokens": 160,
+                        "num_tasks": 4, "num_generations": 8},
+               "agentic": {"lr": 3e-5, "steps": 20,
+                           "env_kwargs": {"generated_games": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)},
+                           "action_format": "score", "history_length": 0, "max_turns": 10, "max_new_tokens": 16,
+                           "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),
     "cpu-agentic": dict(
         domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
         suites={"agentic": ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]},

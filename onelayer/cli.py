@@ -397,7 +397,12 @@ def _sweep_spec(data: dict, flags: dict, suites: str | None):
             suite = get_suite(token)
             by_domain.setdefault(current or suite.domain, []).append(token)
         flags = {**flags, "suites": by_domain}
-    return SweepSpec.from_dict({**data, **{k: v for k, v in flags.items() if v is not None}})
+    merged = {**data, **{k: v for k, v in flags.items() if v is not None}}
+    given = [k for k in ("steps", "lr") if flags.get(k) is not None]
+    if given and isinstance(merged.get("train"), dict):  # --steps / --lr on the command line apply to every domain
+        merged["train"] = {d: ({k: v for k, v in o.items() if k not in given} if isinstance(o, dict) else o)
+                           for d, o in merged["train"].items()}
+    return SweepSpec.from_dict(merged)
 
 
 def _comma_list(text: str | None) -> list[str] | None:
@@ -419,7 +424,7 @@ def sweep_cmd(
     single_layer_lr_scale: Optional[str] = typer.Option(None, "--single-layer-lr-scale", help="Multiply lr for single-layer jobs (recorded); a list (1,4) runs each and the report compares the rankings. Default: 1."),
     suites: Optional[str] = typer.Option(None, "--suites", help="Evaluation suites: SUITE (for its env's domain) or DOMAIN=SUITE[,SUITE] (first = in-domain score)."),
     extra_suites: Optional[str] = typer.Option(None, "--extra-suites", help="Suites evaluated on every job too (transfer)."),
-    transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's suites."),
+    transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's in-domain suite (C_all)."),
     eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Items per suite (overrides the suites' own count)."),
     train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options for every job: key=value,... or JSON ({\"math\": {...}} per domain)."),
     insert_layer: Optional[str] = typer.Option(None, "--insert-layer", help="module:factory building a new block to insert and train (e.g. onelayer.training.insert:identity_copy)."),
@@ -478,8 +483,16 @@ def sweep_cmd(
         from onelayer.benchmarks.sweep import _num_layers_of
 
         n = json.loads(stored.read_text()).get("num_layers") if stored.is_file() else _num_layers_of(spec.model)
-        for j in plan_jobs(spec, n):
+        from onelayer.benchmarks.sweep import cost_lines
+        from onelayer.benchmarks.sweep_results import done_job_ids, load_results, results_path
+
+        done = load_results(out) if results_path(out).is_file() else []
+        ids = done_job_ids(done)
+        jobs = plan_jobs(spec, n)
+        for j in jobs:
             typer.echo(j.id)
+        for line in cost_lines(spec, [j for j in jobs if j.id not in ids], done):
+            log_stderr(line)
         return
     run_sweep(spec, out, progress=not quiet, log=log_stderr)
     if report:

@@ -350,7 +350,9 @@ def test_cpu_presets_give_valid_job_configs(name, tmp_path):
     for job in plan_jobs(spec, num_layers=30):
         if job.method != "base":
             cfg = job_train_config(spec, job, tmp_path / "run")
-            assert cfg.lr == (spec.lr or TrainConfig.lr) and cfg.steps == spec.steps
+            assert cfg.lr == spec.domain_lr(job.domain) and cfg.steps == spec.domain_steps(job.domain)
+            if name != "cpu-three-domains":
+                assert cfg.lr == (spec.lr or TrainConfig.lr) and cfg.steps == spec.steps
     if name == "cpu-agentic":  # the learning study's setting: easy games, numbered actions, the matching suite
         assert spec.domain_suites("agentic") == ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]
         sampled = get_suite("alfworld-gen-easy-sampled")
@@ -358,3 +360,74 @@ def test_cpu_presets_give_valid_job_configs(name, tmp_path):
         assert {**sampled.env_kwargs} == {**get_suite("alfworld-gen-easy").env_kwargs}  # the same games
         assert cfg.action_format == "choice" and cfg.env_kwargs["generated_games"] == "easy"
         assert cfg.env_kwargs["hide_commands"] == list(get_suite("alfworld-gen-easy").env_kwargs["hide_commands"])
+
+
+def test_three_domain_preset_gives_each_domain_its_lr_steps_and_the_others_in_domain_suite(tmp_path):
+    spec = SweepSpec.from_dict(preset_spec("cpu-three-domains"))
+    jobs = plan_jobs(spec, num_layers=30)
+    assert {j.domain for j in jobs} == {"math", "code", "agentic"}
+    assert {j.target for j in jobs if j.method == "layer"} == {"0", "6", "12", "15", "22", "29"}
+    assert len(jobs) == 3 * (1 + 3 * (1 + 6))
+    cfgs = {d: job_train_config(spec, next(j for j in jobs if j.domain == d and j.method == "layer"), tmp_path / d)
+            for d in spec.domains}
+    assert cfgs["math"].lr == spec.train["math"]["lr"] and cfgs["code"].lr == spec.train["code"]["lr"]
+    assert cfgs["agentic"].steps == 20 and cfgs["math"].steps == cfgs["code"].steps == 10
+    assert cfgs["code"].env_kwargs == {"dataset": "procedural", "level": 1}
+    assert cfgs["agentic"].action_format == "score"
+    # transfer: every job is scored on each other domain's first (in-domain) suite; HumanEval only on code jobs
+    assert spec.eval_suites("math") == ["math-l1", "code-gen-l1", "alfworld-gen-easy-sampled"]
+    assert spec.eval_suites("code") == ["code-gen-l1", "humaneval", "math-l1", "alfworld-gen-easy-sampled"]
+
+
+def test_command_line_steps_and_lr_apply_to_every_domain(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "sw"
+    res = runner.invoke(app, ["sweep", "--preset", "cpu-three-domains", "--out", str(out), "--steps", "1",
+                              "--lr", "1e-3", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    from onelayer.cli import _sweep_spec
+
+    spec = _sweep_spec(preset_spec("cpu-three-domains"), {"steps": 1, "lr": 1e-3}, None)
+    assert all(spec.domain_steps(d) == 1 and spec.domain_lr(d) == 1e-3 for d in spec.domains)
+    assert spec.train["agentic"]["action_format"] == "score"  # only steps and lr were taken out
+    assert "estimated: math" in res.output and "estimated: agentic" in res.output
+
+
+def test_a_domains_own_options_may_change_until_its_first_job_ran(tmp_path):
+    from onelayer.benchmarks.sweep import _check_identity, _write_spec
+    from onelayer.benchmarks.sweep_results import JobResult, append_result
+
+    def spec(code_lr, fmt="score"):
+        return SweepSpec.from_dict({"domains": ["math", "code", "agentic"], "train": {
+            "math": {"lr": 1e-5}, "code": {"lr": code_lr}, "agentic": {"action_format": fmt}}})
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    _write_spec(out, spec(1e-5), 30)
+    _check_identity(out, spec(3e-5))  # nothing ran yet: any domain may still change
+    append_result(out, JobResult(job="math/base", domain="math", seed=-1, method="base", target="none", layer=None,
+                                 algo="none", score=0.3, scores={"math-l1": 0.3}))
+    _check_identity(out, spec(3e-5))  # code has not run: its lr may still be settled
+    with pytest.raises(UserError, match="train"):
+        _check_identity(out, spec(1e-5, fmt="choice"))  # how a suite is scored: math's transfer would change
+    bad = spec(1e-5)
+    bad.train["math"]["lr"] = 3e-5
+    with pytest.raises(UserError, match="train"):
+        _check_identity(out, bad)  # math's jobs ran with 1e-5
+
+
+def test_cost_lines_use_the_sweeps_own_job_times_once_it_has_them():
+    from onelayer.benchmarks.sweep import cost_lines
+    from onelayer.benchmarks.sweep_results import JobResult
+
+    spec = SweepSpec.from_dict(preset_spec("cpu-three-domains"))
+    jobs = plan_jobs(spec, num_layers=30)
+    before = cost_lines(spec, jobs, [])
+    assert len(before) == 3 and all("preset's estimate" in line for line in before)
+    done = [JobResult(job="math/base", domain="math", seed=-1, method="base", target="none", layer=None, algo="none",
+                      score=0.3, scores={}, wall_s=120.0)]
+    after = cost_lines(spec, [j for j in jobs if j.id != "math/base"], done)
+    assert "1 base" not in after[0] and "preset's estimate" in after[0]
+    spec2 = SweepSpec.from_dict({"domains": ["math"], "layers": "0"})
+    line = cost_lines(spec2, plan_jobs(spec2, 30), done)[0]
+    assert line.startswith("estimated: math: unknown") and "1 base x 2 min" in line

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, build_tiny
+from tiny_models import ARCHS, build_tiny
 
 from onelayer.agents.engine import HFEngine, SamplingParams
 from onelayer.agents.prompts import PromptBuilder

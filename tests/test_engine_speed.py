@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.agents.engine import HFEngine, SamplingParams, group_prompts, sample_tokens
 from onelayer.agents.prompts import PromptBuilder

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCHS
 from safetensors.torch import load_file
+from tiny_models import ARCHS
 
 from onelayer.benchmarks.evaluate import load_run_model
 from onelayer.benchmarks.export import EXPORT_FILE, export_run

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 from torch import nn
 
 from onelayer.errors import UserError

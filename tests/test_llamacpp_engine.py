@@ -18,7 +18,7 @@ from __future__ import annotations
 import llama_cpp
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.agents.engine import HFEngine, SamplingParams
 

@@ -1,7 +1,7 @@
 """Chunked response log-probs equal the plain full-logits computation, and gradients reach only trained layers."""
 
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.training.layers import apply_selection, select_parameters
 from onelayer.training.logprobs import response_logprobs

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny
 from test_trainer import _load, tiny_config
+from tiny_models import build_tiny
 
 from onelayer.errors import UserError
 from onelayer.training.config import TrainConfig

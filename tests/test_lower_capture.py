@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import ARCHS, build_tiny
 
 from onelayer.agents.engine import HFEngine, SamplingParams
 from onelayer.agents.models import find_decoder_blocks
 from onelayer.training.logprobs import LowerStack
-from conftest import ARCHS, build_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -83,3 +83,49 @@ def test_the_sampler_states_path_gives_the_plain_paths_gradients(arch, layers, t
         scale = float(g_plain[n].abs().max())
         assert scale > 0, n
         torch.testing.assert_close(g_cached[n], g_plain[n], rtol=0, atol=1e-4 * scale, msg=n)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layers", ["1", "3", "2.mlp"])
+def test_score_format_rows_replay_the_samplers_states_with_the_plain_paths_gradients(arch, layers, tiny_model_dirs,
+                                                                                      tmp_path):
+    """Score format: the engine keeps the states entering the lowest trained block over each packed scoring row
+    (prompt and every candidate) while it samples; the update replays them with the plain path's gradients."""
+    from onelayer.training.config import TrainConfig
+    from onelayer.training.rows import RowLogprobs, rows_from
+    from onelayer.training.trainer import Trainer
+
+    def trainer(reuse: bool, out: str):
+        return Trainer(TrainConfig(model=str(tiny_model_dirs[arch]), env="onelayer/GuessNumber-v0",
+                                   action_format="score", layers=layers, algo="gigpo", steps=1, num_tasks=2,
+                                   num_generations=3, max_turns=3, eval_size=0, lr=1e-2, out=str(tmp_path / out),
+                                   kl_metric=False, reuse_lower_hidden=reuse))
+
+    cached, plain = trainer(True, "cached"), trainer(False, "plain")
+    got, want = cached.sample(1), plain.sample(1)
+    steps = [s for t in got for s in t.steps]
+    assert [s.choice for s in steps] == [s.choice for t in want for s in t.steps]  # capture changes nothing sampled
+    assert all(s.lower_hidden is not None for s in steps)
+    assert all(s.lower_hidden is None for t in want for s in t.steps)
+    for s in steps:
+        assert s.lower_hidden.shape[0] == len(s.prompt_ids) + sum(len(c) for c in s.candidates)
+
+    def grads(tr, trajs):
+        rows = rows_from(trajs, tr.advantages(trajs)[0])
+        lp = RowLogprobs(tr.model, tr.engine.pad_id, scoring=True, temperature=1.0, chunk_size=5, lower=tr.lower)
+        lp.start(rows)
+        assert all(i in lp._row_hidden for i in range(len(rows))) == (tr.lower is not None)
+        b = lp.batch(list(range(len(rows))))
+        logp, _ = lp(b)
+        tr.model.zero_grad(set_to_none=True)
+        (-(logp * b.adv * b.resp).sum()).backward()
+        return logp.detach(), {n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+
+    lp_c, g_c = grads(cached, got)
+    lp_p, g_p = grads(plain, want)
+    torch.testing.assert_close(lp_c, lp_p, rtol=0, atol=1e-5)
+    assert g_c.keys() == g_p.keys() and g_p
+    for n in g_p:
+        scale = float(g_p[n].abs().max())
+        assert scale > 0, n
+        torch.testing.assert_close(g_c[n], g_p[n], rtol=0, atol=1e-4 * scale, msg=n)

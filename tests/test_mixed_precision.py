@@ -1,7 +1,7 @@
 """A bf16 model trains its selected layer in fp32 (weights and AdamW state); checkpointing changes memory, not results."""
 
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.training.config import TrainConfig
 from onelayer.training.memory import checkpoint_blocks, keep_fp32_master

@@ -5,7 +5,7 @@ import json
 import gymnasium as gym
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.agents.actions import parse_action, parse_choice
 from onelayer.agents.engine import HFEngine, SamplingParams

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.agents.models import find_decoder_blocks
 from onelayer.training.config import TrainConfig

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 from scipy import stats
 from test_cli import TINY_FLAGS, run_cli
 from test_trainer import _load
+from tiny_models import build_tiny
 
 from onelayer.benchmarks.probe import (
     METHODS,

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import ARCHS
+from tiny_models import ARCHS
 
 
 def _trainer(tiny_model_dirs, tmp_path, arch: str, layers: str, out: str, **kw):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS
+from tiny_models import ARCHS
 
 from onelayer.errors import TrainingError, UserError
 from onelayer.training import checkpoint as ckpt

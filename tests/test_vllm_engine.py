@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 from typer.testing import CliRunner
 
 from onelayer.agents.engine import SamplingParams, make_engine

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ARCHS, build_tiny, tiny_config
+from tiny_models import ARCHS, build_tiny, tiny_config
 
 from onelayer.agents.weight_sync import (
     all_tensors,

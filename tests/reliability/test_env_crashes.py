@@ -18,7 +18,7 @@ import time
 import gymnasium as gym
 import pytest
 import torch
-from conftest import build_tiny
+from tiny_models import build_tiny
 
 from onelayer.agents.engine import Generation
 from onelayer.training.config import TrainConfig

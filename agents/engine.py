@@ -149,9 +149,12 @@ class HFEngine:
         micro-batches of at most 16 (a packed row is a prompt plus all its candidates)."""
         out: list[list[float]] = []
         step = max(1, min(self.max_batch_size, 16))
+        # With capture_block set, the states entering that block over each prompt's packed row (prompt, then every
+        # candidate) are kept in ``scored_hidden``, one per prompt, for the update to replay.
+        self.scored_hidden = [] if self.capture_block is not None else None
         for s in range(0, len(prompts), step):
             rows = action_log_probs(self.model, prompts[s : s + step], candidates[s : s + step], self.pad_id, norm,
-                                    temperature)
+                                    temperature, capture_block=self.capture_block, captured=self.scored_hidden)
             out.extend(r.float().tolist() for r in rows)
         return out
 

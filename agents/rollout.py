@@ -109,7 +109,9 @@ def _score_turn(engine, builder: PromptBuilder, prompts: list[list[int]], shown:
              for actions in shown]
     log_probs = engine.score_actions(prompts, cands, temperature=params.temperature)
     picks = choose_actions(log_probs, params.temperature, params.seed)
-    turns = [_Turn(c[k], [lp[k]], candidates=c, choice=k) for c, lp, k in zip(cands, log_probs, picks)]
+    hidden = getattr(engine, "scored_hidden", None) or [None] * len(prompts)  # HFEngine with capture_block
+    turns = [_Turn(c[k], [lp[k]], candidates=c, choice=k, hidden=h)
+             for c, lp, k, h in zip(cands, log_probs, picks, hidden)]
     acts = [(builder.candidate_text(actions[k]), actions[k], False) for actions, k in zip(shown, picks)]
     return turns, acts
 

@@ -21,6 +21,8 @@ them all, as ``K`` separate ``prompt + c_k`` forwards (``K x P`` prompt tokens) 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -88,17 +90,42 @@ def _token_logp(head, hs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def candidate_token_logprobs(model, prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int,
-                             chunk_size: int = 1024) -> list[list[torch.Tensor]]:
+                             chunk_size: int = 1024, capture_block: int | None = None, captured: list | None = None,
+                             lower=None, lower_hidden: list[torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
     """``out[b][k]``: the log-probs of candidate k's tokens after prompt b (one packed forward for the batch).
 
     Gradients flow into parameters that require them when grad is enabled; the LM head
     runs on candidate positions only, ``chunk_size`` tokens at a time (checkpointed with grad).
+
+    ``capture_block = l`` appends to ``captured``, per prompt, the states entering block ``l`` over its packed
+    row (prompt, then every candidate). ``lower`` (a ``LowerStack``) with ``lower_hidden`` (those states, one
+    tensor per prompt) replays them: the blocks below ``lower.first`` do not run.
     """
     ids, mask, pos, pred, targets, spans = pack_candidates(prompts, candidates, pad_id)
     device = next(model.parameters()).device
     body, head = decoder_body(model), model.get_output_embeddings()
-    hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                  use_cache=False).last_hidden_state
+    lengths = [len(p) + sum(len(c) for c in cands) for p, cands in zip(prompts, candidates)]
+    ctx, handle = contextlib.nullcontext(), None
+    if lower is not None and lower_hidden is not None:
+        h0 = torch.zeros((*ids.shape, lower_hidden[0].shape[-1]), dtype=lower_hidden[0].dtype, device=device)
+        for b, h in enumerate(lower_hidden):
+            h0[b, : h.shape[0]] = h.to(device)
+        ctx = lower.replay(h0)
+    elif capture_block is not None:
+        from onelayer.agents.models import find_decoder_blocks
+
+        def grab(module, args, kwargs):
+            h = (args[0] if args else kwargs["hidden_states"]).detach()
+            captured.extend(h[b, :n].cpu() for b, n in enumerate(lengths))
+
+        handle = find_decoder_blocks(model)[1][capture_block].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with ctx:
+            hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                          use_cache=False).last_hidden_state
+    finally:
+        if handle is not None:
+            handle.remove()
     hs = hidden.reshape(-1, hidden.shape[-1])[pred.to(device)]
     targets = targets.to(device)
     need_grad = torch.is_grad_enabled() and (hs.requires_grad or any(p.requires_grad for p in head.parameters()))
@@ -123,10 +150,12 @@ def action_scores(token_logprobs: list[torch.Tensor], norm: str = "mean") -> tor
 
 
 def action_log_probs(model, prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int,
-                     norm: str = "mean", temperature: float = 1.0, chunk_size: int = 1024) -> list[torch.Tensor]:
-    """``log pi(. | prompt b)`` over prompt b's candidates: ``log_softmax(score / T)`` (T <= 0 counts as 1)."""
+                     norm: str = "mean", temperature: float = 1.0, chunk_size: int = 1024,
+                     **capture) -> list[torch.Tensor]:
+    """``log pi(. | prompt b)`` over prompt b's candidates: ``log_softmax(score / T)`` (T <= 0 counts as 1).
+    ``capture``: :func:`candidate_token_logprobs`'s capture and replay options."""
     t = temperature if temperature > 0 else 1.0
-    token_lps = candidate_token_logprobs(model, prompts, candidates, pad_id, chunk_size)
+    token_lps = candidate_token_logprobs(model, prompts, candidates, pad_id, chunk_size, **capture)
     return [torch.log_softmax(action_scores(row, norm) / t, dim=-1) for row in token_lps]
 
 

@@ -190,12 +190,10 @@ def print_tables(result: dict) -> None:
         print(f"vllm: {note['skipped']}" if "skipped" in note else
               f"vllm {note.get('vllm')} on {note.get('device')} (rows 'vllm'; on the CPU eager, in the model's dtype)")
     if "train" in result:
-        rows = result["train"]["rows"]
+        from onelayer.benchmarks.train_step import print_table as print_train_table
+
         print(f"\n== training step (load before: {result['train']['load_before']})")
-        print(f"{'layers':>8} {'trainable':>12} {'step s':>8} {'x all':>6} {'peak MiB':>9} {'x all':>6}")
-        for r in rows:
-            print(f"{r['layers']:>8} {r['trainable_params']:>12,} {r['step_s']:>8.2f} {r['time_vs_all']:>6.2f} "
-                  f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['memory_vs_all']:>6.2f}")
+        print_train_table(result["train"])
     if "alfworld" in result:
         a = result["alfworld"]
         print(f"\n== ALFWorld (load before: {a['load_before']})")

@@ -60,7 +60,10 @@ NOT_GENERATED = {
 SPEED_TARGETS = {"llamacpp_batch1": 5.0, "llamacpp_batch64": 3.0, "workers_per_worker": 0.8,
                  "train_time": 0.55, "train_memory": 0.5}
 """Issue 8's speed targets: llama.cpp tokens/s vs ``generate`` at batch 1 and 64, env steps/s per worker vs
-one worker, a middle layer's step time and peak memory vs ``all``."""
+one worker, a middle layer's step time and peak memory vs ``all`` (for results without sampling times)."""
+TRAIN_TARGETS = {"first": 0.80, "middle": 0.40, "last": 0.15, "middle_memory": 0.45, "middle_sampling": 0.10}
+"""Issue 22's training-step targets, against ``all`` on the same batch: update time of the first, middle and last
+layer, the middle layer's peak memory, and how far its sampling time may drift from ``all``'s (a fraction)."""
 
 
 # ---------------------------------------------------------------- small helpers
@@ -772,20 +775,49 @@ def _section(root: Path, rel: str, section: str | None) -> dict:
 
 
 def train_step(root: Path, rel: str, section: str | None = None) -> str:
-    """The training-step benchmark (``train_step.json``, or ``bench.json``'s ``train`` section): step time and
-    peak memory per layer selection and their ratios to ``all``; the middle layer against the targets."""
+    """The training-step benchmark (``train_step.json``, or ``bench.json``'s ``train`` section): sampling and
+    update time, the FLOP floor and peak memory per layer selection, their ratios to ``all``, and the targets."""
     data = _section(root, rel, section)
     rows = data["rows"]
-    out = _table(["layers", "trainable", "step s", "x all", "peak MiB", "x all"],
-                 [[r["layers"], f"{r['trainable_params']:,}", f"{r['step_s']:.2f}", f"{r['time_vs_all']:.2f}",
-                   f"{r['peak_mem_bytes'] / 2**20:.0f}", f"{r['memory_vs_all']:.2f}"] for r in rows])
+    if "sampling_s" not in rows[0]:  # results of the earlier bench: a synthetic batch, no sampling, no floor
+        out = _table(["layers", "trainable", "step s", "x all", "peak MiB", "x all"],
+                     [[r["layers"], f"{r['trainable_params']:,}", f"{r['step_s']:.2f}", f"{r['time_vs_all']:.2f}",
+                       f"{r['peak_mem_bytes'] / 2**20:.0f}", f"{r['memory_vs_all']:.2f}"] for r in rows])
+        layers = [r for r in rows if r["layers"].isdigit()]
+        if layers:
+            mid = layers[len(layers) // 2]
+            t, m = SPEED_TARGETS["train_time"], SPEED_TARGETS["train_memory"]
+            out += ["", f"- middle layer ({mid['layers']}) / all: {mid['time_vs_all']:.2f} in step time (target <= {t}: "
+                        f"{'met' if mid['time_vs_all'] <= t else 'missed'}), {mid['memory_vs_all']:.2f} in peak memory "
+                        f"(target <= {m}: {'met' if mid['memory_vs_all'] <= m else 'missed'})"]
+        return "\n".join(out)
+    out = _table(["layers", "trainable", "sampling s", "x all", "update s", "x all", "floor s", "of floor",
+                  "peak MiB", "x all"],
+                 [[r["layers"], f"{r['trainable_params']:,}", f"{r['sampling_s']:.2f}", f"{r['sampling_vs_all']:.2f}",
+                   f"{r['step_s']:.2f}", f"**{r['time_vs_all']:.2f}**", f"{r['floor_s']:.2f}",
+                   f"{r['floor_fraction']:.2f}", f"{r['peak_mem_bytes'] / 2**20:.0f}",
+                   f"{r['memory_vs_all']:.2f}"] for r in rows])
     layers = [r for r in rows if r["layers"].isdigit()]
-    if layers:
-        mid = layers[len(layers) // 2]
-        t, m = SPEED_TARGETS["train_time"], SPEED_TARGETS["train_memory"]
-        out += ["", f"- middle layer ({mid['layers']}) / all: {mid['time_vs_all']:.2f} in step time (target <= {t}: "
-                    f"{'met' if mid['time_vs_all'] <= t else 'missed'}), {mid['memory_vs_all']:.2f} in peak memory "
-                    f"(target <= {m}: {'met' if mid['memory_vs_all'] <= m else 'missed'})"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    if len(layers) >= 3:
+        first, mid, last = layers[0], layers[len(layers) // 2], layers[-1]
+        tt = TRAIN_TARGETS
+        out += ["", "- update time / all: " + "; ".join(
+            f"layer {r['layers']} {r['time_vs_all']:.2f} (target <= {tt[k]}: {verdict(r['time_vs_all'] <= tt[k])})"
+            for r, k in ((first, "first"), (mid, "middle"), (last, "last"))),
+            f"- layer {mid['layers']} peak memory / all: {mid['memory_vs_all']:.2f} (target <= {tt['middle_memory']}: "
+            f"{verdict(mid['memory_vs_all'] <= tt['middle_memory'])}); its sampling time / all's: "
+            f"{mid['sampling_vs_all']:.2f} (target within {tt['middle_sampling']:.0%}: "
+            f"{verdict(abs(mid['sampling_vs_all'] - 1) <= tt['middle_sampling'])})"]
+    gflops = data.get("matmul_gflops")
+    if gflops:
+        out.append(f"- floor: the update's matmul FLOPs over this machine's measured fp32 matmul throughput, "
+                   f"{gflops:.1f} GFLOP/s; `of floor` = floor / measured")
+    out.append(f"- {data.get('rollouts', '?')} rollouts of up to {data.get('response_tokens', '?')} response tokens; "
+               f"load average before: {', '.join(map(str, data.get('load_before', []))) or 'not recorded'}")
     return "\n".join(out)
 
 

@@ -1,6 +1,10 @@
 """Time one training step (sampling and update) and its peak memory per layer selection, on the same batch.
 
     python -m onelayer.benchmarks.train_step [--model smollm2-135m] [--out results/train_step.json]
+    python -m onelayer.benchmarks.train_step --preset cpu-three-domains --domain agentic --layers 15,all
+
+``--preset``/``--domain`` take a sweep preset's train options for that domain (batch, lengths, env, action
+format) instead of ``onelayer train``'s defaults on Math-v0; ``--layers`` picks the selections.
 
 For the first, a middle and the last layer and ``all``, each in a fresh process
 (``ru_maxrss`` is a process's high-water mark) with ``onelayer train``'s default
@@ -12,8 +16,10 @@ ratios to ``all``, next to the physical floor: the update's matmul FLOPs over
 the machine's measured matmul throughput (the fraction of the floor achieved
 is floor / measured). Writes JSON with the machine's description.
 
-FLOPs of one update (P: parameters of one decoder block, N: tokens in the
-batch, R: response tokens, V x H: the LM head; attention scores, norms and
+FLOPs of one update (P: parameters of one decoder block, N: tokens the update
+forwards (each distinct prompt once, as ``share_prompts`` packs them, plus every
+response; score-format rows: prompt plus every candidate action), R: tokens the
+LM head scores (response or candidate tokens), V x H: the LM head; attention scores, norms and
 the optimizer are left out, a few percent at these lengths):
 ``all``: 3 (L 2PN + 2VHR); blocks >= l trained, l the lowest: the blocks from
 l up forward (2PN each) and backward for their input (2PN each, none for l),
@@ -61,20 +67,56 @@ def update_flops(model, layers: str, tokens: int, response_tokens: int) -> float
     return 4.0 * per_block * tokens * (num - int(layers)) + 4.0 * head * response_tokens
 
 
-def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, repeats: int, device: str) -> dict:
+def forwarded_tokens(steps, share_prompts: bool) -> tuple[int, int]:
+    """(tokens the update forwards, tokens the LM head scores) for these sampled steps."""
+    fwd = head = 0
+    seen: set[tuple[int, ...]] = set()
+    for s in steps:
+        if s.candidates:  # score format: the prompt and every admissible action, packed
+            cand = sum(len(c) for c in s.candidates)
+            fwd += len(s.prompt_ids) + cand
+            head += cand
+            continue
+        key = tuple(s.prompt_ids)
+        if not share_prompts or key not in seen:
+            fwd += len(s.prompt_ids)
+            seen.add(key)
+        fwd += len(s.response_ids)
+        head += len(s.response_ids)
+    return fwd, head
+
+
+def _config(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, device: str, preset: str | None,
+            domain: str):
+    from onelayer.training.config import TrainConfig
+
+    out = f"/tmp/onelayer-bench-{os.getpid()}"
+    if preset is None:
+        return TrainConfig(model=model_spec, layers=layers, out=out, steps=1, num_tasks=num_rollouts // 8,
+                           num_generations=8, max_new_tokens=response_tokens, device=device)
+    from onelayer.benchmarks.sweep import SweepSpec, preset_spec
+
+    spec = SweepSpec.from_dict(preset_spec(preset))
+    opts = {k: v for k, v in spec.train_options(domain).items() if k not in ("steps",)}
+    opts.update(model=model_spec, layers=layers, out=out, steps=1, device=device, lr=spec.domain_lr(domain), eval_size=0)
+    return TrainConfig.from_dict(opts, where=f"preset {preset} domain {domain}")
+
+
+def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, repeats: int, device: str,
+            preset: str | None = None, domain: str = "math", sample_repeats: int = 1) -> dict:
     """One selection in this process: sample a batch with the trainer's engine, run ``repeats`` updates."""
     import shutil
 
-    from onelayer.training.config import TrainConfig
     from onelayer.training.trainer import Trainer
 
-    cfg = TrainConfig(model=model_spec, layers=layers, out=f"/tmp/onelayer-bench-{os.getpid()}", steps=1,
-                      num_tasks=num_rollouts // 8, num_generations=8, max_new_tokens=response_tokens, device=device)
+    cfg = _config(model_spec, layers, num_rollouts, response_tokens, device, preset, domain)
     shutil.rmtree(cfg.out, ignore_errors=True)
     trainer = Trainer(cfg)
-    t0 = time.perf_counter()
-    trajs = trainer.sample(1)
-    sampling_s = time.perf_counter() - t0
+    samples = []
+    for _ in range(sample_repeats):  # the same step's seed: the same batch each time
+        t0 = time.perf_counter()
+        trajs = trainer.sample(1)
+        samples.append(time.perf_counter() - t0)
     adv, _ = trainer.advantages(trajs)
     times = []
     for _ in range(repeats):
@@ -89,13 +131,26 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     steps = [s for t in trajs for s in t.steps]
-    tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in steps)
-    resp = sum(len(s.response_ids) for s in steps)
+    tokens, head_tokens = forwarded_tokens(steps, cfg.share_prompts)
     times.sort()
-    return {"layers": layers, "trainable_params": trainer.selection.num_trainable, "sampling_s": sampling_s,
-            "step_s": times[len(times) // 2], "peak_mem_bytes": peak, "tokens": tokens, "response_tokens": resp,
+    samples.sort()
+    return {"layers": layers, "trainable_params": trainer.selection.num_trainable,
+            "sampling_s": samples[len(samples) // 2], "step_s": times[len(times) // 2], "peak_mem_bytes": peak,
+            "rows": sum(1 for s in steps if s.response_ids), "tokens": tokens, "response_tokens": head_tokens,
             "sampler_captured": all(s.lower_hidden is not None for s in steps),
-            "flops": update_flops(trainer.model, layers, tokens, resp)}
+            "flops": update_flops(trainer.model, layers, tokens, head_tokens)}
+
+
+def print_table(result: dict) -> None:
+    """The table of a stored result: sampling and update seconds, the floor and peak memory, each against ``all``."""
+    threads = result.get("machine", {}).get("threads", "?")
+    print(f"matmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, {threads} threads)")
+    print(f"{'layers':>6} {'trainable':>11} {'sample s':>8} {'x all':>5} {'update s':>8} {'x all':>5} "
+          f"{'floor s':>7} {'of floor':>8} {'peak MiB':>8} {'x all':>5}")
+    for r in result["rows"]:
+        print(f"{r['layers']:>6} {r['trainable_params']:>11,} {r['sampling_s']:>8.2f} {r['sampling_vs_all']:>5.2f} "
+              f"{r['step_s']:>8.2f} {r['time_vs_all']:>5.2f} {r['floor_s']:>7.2f} {r['floor_fraction']:>8.2f} "
+              f"{r['peak_mem_bytes'] / 2**20:>8.0f} {r['memory_vs_all']:>5.2f}")
 
 
 def main(argv=None) -> None:
@@ -105,44 +160,54 @@ def main(argv=None) -> None:
     ap.add_argument("--response-tokens", type=int, default=20, help="max_new_tokens (Math-v0's training default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--preset", default=None, help="take this sweep preset's train options for --domain")
+    ap.add_argument("--domain", default="math")
+    ap.add_argument("--layers", default=None, help="comma list of selections (default: first, middle, last, all)")
+    ap.add_argument("--sample-repeats", type=int, default=3, help="samplings of the same batch (median reported)")
     ap.add_argument("--out", default="results/train_step.json")
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one is not None:  # child process: one selection, fresh memory high-water mark
-        print(json.dumps(measure(args.model, args._one, args.rollouts, args.response_tokens, args.repeats, args.device)))
+        print(json.dumps(measure(args.model, args._one, args.rollouts, args.response_tokens, args.repeats, args.device,
+                                 args.preset, args.domain, args.sample_repeats)))
         return
     from onelayer.agents.models import load_model
 
     num_layers = load_model(args.model, "cpu")[0].config.num_hidden_layers
-    selections = ["0", str(num_layers // 2), str(num_layers - 1), "all"]
+    selections = (args.layers.split(",") if args.layers
+                  else ["0", str(num_layers // 2), str(num_layers - 1), "all"])
+    if "all" not in selections:
+        selections.append("all")  # the ratios' reference
+    load_before = [round(x, 2) for x in os.getloadavg()]  # a busy machine makes every ratio noise
     gflops = matmul_gflops()
     rows = []
     for sel in selections:
         cmd = [sys.executable, "-m", "onelayer.benchmarks.train_step", "--model", args.model, "--rollouts", str(args.rollouts),
-               "--response-tokens", str(args.response_tokens), "--repeats", str(args.repeats), "--device", args.device, "--_one", sel]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        rows.append(json.loads(out))
+               "--response-tokens", str(args.response_tokens), "--repeats", str(args.repeats), "--device", args.device,
+               "--domain", args.domain, "--sample-repeats", str(args.sample_repeats), "--_one", sel]
+        if args.preset:
+            cmd += ["--preset", args.preset]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"--layers {sel} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"measured --layers {sel}", file=sys.stderr)
-    full = rows[-1]
+    full = next(r for r in rows if r["layers"] == "all")
     for r in rows:
         r["time_vs_all"] = r["step_s"] / full["step_s"]
         r["sampling_vs_all"] = r["sampling_s"] / full["sampling_s"]
         r["memory_vs_all"] = r["peak_mem_bytes"] / full["peak_mem_bytes"]
         r["floor_s"] = r["flops"] / (gflops * 1e9)
         r["floor_fraction"] = r["floor_s"] / r["step_s"]
-    print(f"matmul throughput: {gflops:.1f} GFLOP/s (fp32, {torch.get_num_threads()} threads)")
-    print(f"{'layers':>6} {'trainable':>11} {'sample s':>8} {'x all':>5} {'update s':>8} {'x all':>5} "
-          f"{'floor s':>7} {'of floor':>8} {'peak MiB':>8} {'x all':>5}")
-    for r in rows:
-        print(f"{r['layers']:>6} {r['trainable_params']:>11,} {r['sampling_s']:>8.2f} {r['sampling_vs_all']:>5.2f} "
-              f"{r['step_s']:>8.2f} {r['time_vs_all']:>5.2f} {r['floor_s']:>7.2f} {r['floor_fraction']:>8.2f} "
-              f"{r['peak_mem_bytes'] / 2**20:>8.0f} {r['memory_vs_all']:>5.2f}")
     result = {"command": "python -m onelayer.benchmarks.train_step " + " ".join(argv or sys.argv[1:]),
               "machine": describe_machine(), "model": args.model, "rollouts": args.rollouts,
-              "response_tokens": args.response_tokens, "matmul_gflops": gflops, "rows": rows}
+              "preset": args.preset, "domain": args.domain if args.preset else "math",
+              "response_tokens": args.response_tokens, "matmul_gflops": gflops, "load_before": load_before,
+              "rows": rows}
     from onelayer.io import atomic_write_json
 
     atomic_write_json(args.out, result)
+    print_table(result)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

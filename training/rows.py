@@ -122,12 +122,15 @@ class RowLogprobs:
         ``capture_block`` at the lowest trained block) replay them: the frozen blocks never run in the update.
         """
         self.rows, self._row_hidden, self._packs = rows, {}, {}
-        if self.lower is None or self.scoring:
+        if self.lower is None:
             return
         device = next(self.model.parameters()).device
         for i, r in enumerate(rows):
             h = r.lower_hidden
-            if h is not None and h.shape[0] == len(r.prompt_ids) + len(r.response_ids) - 1:
+            # generated text: prompt and response but its last token; score format: prompt and every candidate
+            n = (len(r.prompt_ids) + sum(len(c) for c in r.candidates) if self.scoring and r.candidates
+                 else len(r.prompt_ids) + len(r.response_ids) - 1)
+            if h is not None and h.shape[0] == n:
                 self._row_hidden[i] = h.to(device)
 
     def needs_capture(self, idx: list[int]) -> bool:
@@ -174,8 +177,11 @@ class RowLogprobs:
         """Log-probs and entropies of ``b``'s response tokens (gradients flow into the trained parameters)."""
         if self.scoring:
             rows = [self.rows[i] for i in b.idx]
+            replay = {}
+            if self.lower is not None and b.idx and all(i in self._row_hidden for i in b.idx):
+                replay = {"lower": self.lower, "lower_hidden": [self._row_hidden[i] for i in b.idx]}
             lps = action_log_probs(self.model, [r.prompt_ids for r in rows], [r.candidates for r in rows],
-                                   self.pad_id, temperature=self.temperature, chunk_size=self.chunk_size)
+                                   self.pad_id, temperature=self.temperature, chunk_size=self.chunk_size, **replay)
             lp = torch.stack([row[r.choice] for row, r in zip(lps, rows)])[:, None]
             ent = torch.stack([-(row.exp() * row).sum() for row in lps]).detach()[:, None]
             return lp, ent

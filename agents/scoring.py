@@ -89,6 +89,77 @@ def _token_logp(head, hs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(head(hs).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
+class _FrozenHeadLogp(torch.autograd.Function):
+    """``log p(target | h)`` under a frozen linear head, its gradient in ``h`` made in the forward.
+
+    ``d log p_y / d h = (W_y - sum_v p_v W_v) / T``: one more matmul (``p @ W``) in the forward, kept as an
+    (N, H) tensor, replaces the checkpointed path's recomputed logits and their backward (three head matmuls
+    become two, and the (N, V) softmax is never rebuilt). Exact in exact arithmetic; entropies come out
+    detached.
+    """
+
+    @staticmethod
+    def forward(ctx, hs, weight, bias, targets, temperature, want_entropy):
+        logits = torch.nn.functional.linear(hs, weight, bias).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        del logits
+        logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+        p = logp_all.exp()
+        ent = -logp_all.mul_(p).sum(-1) if want_entropy else logp.new_zeros(logp.shape)  # in place: no (N, V) temp
+        del logp_all
+        p[torch.arange(p.shape[0], device=p.device), targets] -= 1.0  # p - onehot(y) = -d log p_y / d logits
+        grad_h = (p.to(weight.dtype) @ weight).neg_()
+        if temperature != 1.0:
+            grad_h = grad_h / temperature
+        ctx.save_for_backward(grad_h.to(hs.dtype))
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent):
+        (grad_h,) = ctx.saved_tensors
+        return grad_logp[:, None].to(grad_h.dtype) * grad_h, None, None, None, None, None
+
+
+def frozen_head(head) -> bool:
+    """Whether ``head`` is a plain linear layer that nothing trains and no hook wraps (the fused path applies)."""
+    return (type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters())
+            and not head._forward_hooks and not head._forward_pre_hooks
+            and type(head.weight.data) is torch.Tensor)  # a sharded (DTensor) weight takes the module path
+
+
+def head_chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                    entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and detached entropies, when asked) of one chunk, with gradients into ``hs``: the fused
+    frozen-head path where it applies, else the head's forward checkpointed (recomputed in the backward)."""
+    if frozen_head(head):
+        lp, ent = _FrozenHeadLogp.apply(hs, head.weight, head.bias, targets, temperature, entropy)
+        return lp, (ent if entropy else None)
+    if entropy:
+        return checkpoint(logp_entropy, head, hs, targets, temperature, use_reentrant=False)
+    return checkpoint(scaled_token_logp, head, hs, targets, temperature, use_reentrant=False), None
+
+
+def scaled_token_logp(head, hs, targets, temperature):
+    logits = head(hs).float()
+    return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1).gather(
+        -1, targets[:, None]).squeeze(-1)
+
+
+def logp_entropy(head, hs, targets, temperature):
+    logits = head(hs).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    del logits
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    p = logp_all.exp()
+    # without autograd in place (one (N, V) temp, not two); with it (a checkpoint's recompute) a new tensor
+    return logp, -(logp_all * p if torch.is_grad_enabled() else logp_all.mul_(p)).sum(-1)
+
+
 def candidate_token_logprobs(model, prompts: list[list[int]], candidates: list[list[list[int]]], pad_id: int,
                              chunk_size: int = 1024, capture_block: int | None = None, captured: list | None = None,
                              lower=None, lower_hidden: list[torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
@@ -132,7 +203,7 @@ def candidate_token_logprobs(model, prompts: list[list[int]], candidates: list[l
     parts = []
     for s in range(0, hs.shape[0], chunk_size):
         h, t = hs[s : s + chunk_size], targets[s : s + chunk_size]
-        parts.append(checkpoint(_token_logp, head, h, t, use_reentrant=False) if need_grad else _token_logp(head, h, t))
+        parts.append(head_chunk_logp(head, h, t, entropy=False)[0] if need_grad else _token_logp(head, h, t))
     flat = torch.cat(parts)
     return [[flat[a:b] for a, b in row] for row in spans]
 

@@ -1,8 +1,9 @@
 """Per-token log-probs of response tokens, computed in chunks.
 
-Only response positions go through the LM head, a chunk of tokens at a time,
-and with gradients each chunk is checkpointed: full-vocabulary logits for the
-whole batch never sit in memory at once.
+Only response positions go through the LM head, a chunk of tokens at a time:
+full-vocabulary logits for the whole batch never sit in memory at once. With
+gradients, a frozen head's chunk makes its gradient in the forward (two head
+matmuls, no recomputation); any other head's chunk is checkpointed.
 """
 
 from __future__ import annotations
@@ -10,19 +11,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from onelayer.agents.scoring import decoder_body
-
-
-def _chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: float):
-    logits = head(hs).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+from onelayer.agents.scoring import decoder_body, head_chunk_logp, logp_entropy
 
 
 def response_logprobs(
@@ -56,15 +46,16 @@ def response_logprobs(
 def head_logprobs(head, hs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                   chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs (N,) of ``targets`` under the LM head on states ``hs`` (N, H) and the entropies (N,, detached),
-    ``chunk_size`` states at a time, each chunk checkpointed when gradients are needed."""
+    ``chunk_size`` states at a time. With gradients, a frozen plain-linear head takes the fused path (the
+    gradient in ``hs`` made in the forward, agents/scoring.py); any other head's chunk is checkpointed."""
     need_grad = torch.is_grad_enabled() and (hs.requires_grad or any(p.requires_grad for p in head.parameters()))
     logps, ents = [], []
     for s in range(0, hs.shape[0], chunk_size):
         h, t = hs[s : s + chunk_size], targets[s : s + chunk_size]
         if need_grad:
-            lp, ent = checkpoint(_chunk_logp, head, h, t, temperature, use_reentrant=False)
+            lp, ent = head_chunk_logp(head, h, t, temperature)
         else:
-            lp, ent = _chunk_logp(head, h, t, temperature)
+            lp, ent = logp_entropy(head, h, t, temperature)
         logps.append(lp)
         ents.append(ent.detach())
     if not logps:

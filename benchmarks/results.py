@@ -799,13 +799,15 @@ def train_step(root: Path, rel: str, section: str | None = None) -> str:
                    f"{r['memory_vs_all']:.2f}"] for r in rows])
     layers = [r for r in rows if r["layers"].isdigit()]
 
+    out.append("")
+
     def verdict(ok: bool) -> str:
         return "met" if ok else "missed"
 
     if len(layers) >= 3:
         first, mid, last = layers[0], layers[len(layers) // 2], layers[-1]
         tt = TRAIN_TARGETS
-        out += ["", "- update time / all: " + "; ".join(
+        out += ["- update time / all: " + "; ".join(
             f"layer {r['layers']} {r['time_vs_all']:.2f} (target <= {tt[k]}: {verdict(r['time_vs_all'] <= tt[k])})"
             for r, k in ((first, "first"), (mid, "middle"), (last, "last"))),
             f"- layer {mid['layers']} peak memory / all: {mid['memory_vs_all']:.2f} (target <= {tt['middle_memory']}: "
@@ -816,8 +818,20 @@ def train_step(root: Path, rel: str, section: str | None = None) -> str:
     if gflops:
         out.append(f"- floor: the update's matmul FLOPs over this machine's measured fp32 matmul throughput, "
                    f"{gflops:.1f} GFLOP/s; `of floor` = floor / measured")
-    out.append(f"- {data.get('rollouts', '?')} rollouts of up to {data.get('response_tokens', '?')} response tokens; "
-               f"load average before: {', '.join(map(str, data.get('load_before', []))) or 'not recorded'}")
+    sampled = [r for r in rows if "sampling_flops" in r]
+    if sampled and gflops:
+        out.append("- sampling floor (every block forward over the sampled tokens, the head over the generated or "
+                   "candidate tokens, at that throughput) against the sampling time: " + "; ".join(
+                       f"`{r['layers']}` {r['sampling_flops'] / (gflops * 1e9):.2f} s of {r['sampling_s']:.2f} s "
+                       f"({r['sampled_tokens']} tokens)" for r in sampled))
+    out.append("- a whole step (sampling + update): " + "; ".join(
+        f"`{r['layers']}` {r['sampling_s'] + r['step_s']:.1f} s" for r in rows))
+    ref = rows[-1]
+    batch = (f"the {data['preset']} preset's {data['domain']} batch" if data.get("preset")
+             else f"{data.get('rollouts', '?')} rollouts of up to {data.get('response_tokens', '?')} response tokens")
+    out.append(f"- {batch}: {ref.get('rows', '?')} rows, {ref.get('tokens', '?')} tokens forwarded by the update, "
+               f"{ref.get('response_tokens', '?')} scored by the LM head; load average before: "
+               f"{', '.join(map(str, data.get('load_before', []))) or 'not recorded'}")
     return "\n".join(out)
 
 

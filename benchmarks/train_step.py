@@ -18,10 +18,12 @@ is floor / measured). Writes JSON with the machine's description.
 
 FLOPs of one update (P: parameters of one decoder block, N: tokens the update
 forwards (each distinct prompt once, as ``share_prompts`` packs them, plus every
-response; score-format rows: prompt plus every candidate action), R: tokens the
+response; score-format rows: prompt plus every candidate action; a micro-batch whose
+advantages are all zero is skipped, so not counted), R: tokens the
 LM head scores (response or candidate tokens), V x H: the LM head; attention scores, norms and
 the optimizer are left out, a few percent at these lengths):
-``all``: 3 (L 2PN + 2VHR); blocks >= l trained, l the lowest: the blocks from
+``all``: every block forward and weight gradient, every block but the first backward for its input,
+the frozen head forward and backward for its input: ``(6L - 2) PN + 4VHR``; blocks >= l trained, l the lowest: the blocks from
 l up forward (2PN each) and backward for their input (2PN each, none for l),
 block l's weight gradient (2PN), the head forward and backward for its input
 (4VHR): ``4PN(L - l) + 4VHR``. The blocks below l are frozen and their output
@@ -63,26 +65,43 @@ def update_flops(model, layers: str, tokens: int, response_tokens: int) -> float
     head = model.get_output_embeddings().weight.numel()
     num = len(blocks)
     if layers == "all":
-        return 3.0 * (num * 2 * per_block * tokens + 2 * head * response_tokens)
+        return (6.0 * num - 2.0) * per_block * tokens + 4.0 * head * response_tokens
     return 4.0 * per_block * tokens * (num - int(layers)) + 4.0 * head * response_tokens
 
 
-def forwarded_tokens(steps, share_prompts: bool) -> tuple[int, int]:
-    """(tokens the update forwards, tokens the LM head scores) for these sampled steps."""
+def sampling_flops(model, tokens: int, head_tokens: int) -> float:
+    """Matmul FLOPs of sampling the batch: every block forward over ``tokens`` (each distinct prompt once, then
+    the responses; score format: every row's prompt and candidates), the head over ``head_tokens``."""
+    from onelayer.agents.models import find_decoder_blocks
+
+    blocks = find_decoder_blocks(model)[1]
+    per_block = sum(p.numel() for p in blocks[0].parameters())
+    return 2.0 * len(blocks) * per_block * tokens + 2.0 * model.get_output_embeddings().weight.numel() * head_tokens
+
+
+def forwarded_tokens(rows, share_prompts: bool, micro_batch_size: int, skip_silent: bool) -> tuple[int, int]:
+    """(tokens the update forwards, tokens the LM head scores) over ``rows`` (training/rows.py ``Row``s), as
+    ``ppo_update`` passes them: micro-batches of ``micro_batch_size`` in order, each distinct prompt once per
+    micro-batch (``share_prompts``), a micro-batch whose advantages are all zero skipped (``skip_silent``:
+    ``beta == 0``, where it adds no gradient)."""
     fwd = head = 0
-    seen: set[tuple[int, ...]] = set()
-    for s in steps:
-        if s.candidates:  # score format: the prompt and every admissible action, packed
-            cand = sum(len(c) for c in s.candidates)
-            fwd += len(s.prompt_ids) + cand
-            head += cand
+    for s in range(0, len(rows), micro_batch_size):
+        mb = rows[s : s + micro_batch_size]
+        if skip_silent and all(r.advantage == 0.0 for r in mb):
             continue
-        key = tuple(s.prompt_ids)
-        if not share_prompts or key not in seen:
-            fwd += len(s.prompt_ids)
-            seen.add(key)
-        fwd += len(s.response_ids)
-        head += len(s.response_ids)
+        seen: set[tuple[int, ...]] = set()
+        for r in mb:
+            if r.candidates:  # score format: the prompt and every admissible action, packed
+                cand = sum(len(c) for c in r.candidates)
+                fwd += len(r.prompt_ids) + cand
+                head += cand
+                continue
+            key = tuple(r.prompt_ids)
+            if not share_prompts or key not in seen:
+                fwd += len(r.prompt_ids)
+                seen.add(key)
+            fwd += len(r.response_ids)
+            head += len(r.response_ids)
     return fwd, head
 
 
@@ -107,6 +126,7 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
     """One selection in this process: sample a batch with the trainer's engine, run ``repeats`` updates."""
     import shutil
 
+    from onelayer.training.rows import rows_from
     from onelayer.training.trainer import Trainer
 
     cfg = _config(model_spec, layers, num_rollouts, response_tokens, device, preset, domain)
@@ -131,12 +151,17 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     steps = [s for t in trajs for s in t.steps]
-    tokens, head_tokens = forwarded_tokens(steps, cfg.share_prompts)
+    rows = rows_from(trajs, adv)
+    tokens, head_tokens = (cfg.num_iterations * n for n in forwarded_tokens(
+        rows, cfg.share_prompts, cfg.micro_batch_size, skip_silent=cfg.beta == 0))
+    sampled = forwarded_tokens(rows, True, max(1, len(rows)), skip_silent=False)  # the whole batch, one pass
     times.sort()
     samples.sort()
     return {"layers": layers, "trainable_params": trainer.selection.num_trainable,
             "sampling_s": samples[len(samples) // 2], "step_s": times[len(times) // 2], "peak_mem_bytes": peak,
-            "rows": sum(1 for s in steps if s.response_ids), "tokens": tokens, "response_tokens": head_tokens,
+            "rows": len(rows), "silent_rows": sum(r.advantage == 0.0 for r in rows),
+            "sampled_tokens": sampled[0], "sampling_flops": sampling_flops(trainer.model, *sampled),
+            "tokens": tokens, "response_tokens": head_tokens,
             "sampler_captured": all(s.lower_hidden is not None for s in steps),
             "flops": update_flops(trainer.model, layers, tokens, head_tokens)}
 
@@ -199,6 +224,8 @@ def main(argv=None) -> None:
         r["memory_vs_all"] = r["peak_mem_bytes"] / full["peak_mem_bytes"]
         r["floor_s"] = r["flops"] / (gflops * 1e9)
         r["floor_fraction"] = r["floor_s"] / r["step_s"]
+        if "sampling_flops" in r:
+            r["sampling_floor_s"] = r["sampling_flops"] / (gflops * 1e9)
     result = {"command": "python -m onelayer.benchmarks.train_step " + " ".join(argv or sys.argv[1:]),
               "machine": describe_machine(), "model": args.model, "rollouts": args.rollouts,
               "preset": args.preset, "domain": args.domain if args.preset else "math",

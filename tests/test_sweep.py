@@ -105,6 +105,7 @@ def test_sweep_runs_every_job_writes_a_report_and_resumes_and_extends(tiny_model
         if r.method != "base":
             run = Path(r.run_dir)
             assert (run / "trained.safetensors").is_file() and (run / "suites.json").is_file()
+            assert not (run / "checkpoints").exists()  # a finished job's checkpoints go (keep_checkpoints off)
             assert json.loads((run / "config.json").read_text())["config"]["lr"] == r.lr
             assert r.extra["trained_sha256"]
     full = got["math/grpo/s0/full"]
@@ -117,9 +118,15 @@ def test_sweep_runs_every_job_writes_a_report_and_resumes_and_extends(tiny_model
     res = runner.invoke(app, _sweep_args(tiny_model_dirs["qwen3"], out))  # everything done: nothing reruns
     assert res.exit_code == 0 and (out / "results.jsonl").stat().st_mtime_ns == mtime
 
-    res = runner.invoke(app, _sweep_args(tiny_model_dirs["qwen3"], out, layers="0,3,1.mlp", seeds="0,2"))  # extend
+    from onelayer.benchmarks.export import export_run
+
+    export_run(full.run_dir, tmp_path / "exported")  # a pruned job still exports (and is checked on reload)
+
+    res = runner.invoke(app, _sweep_args(tiny_model_dirs["qwen3"], out, layers="0,3,1.mlp", seeds="0,2",  # extend
+                                         extra=("--keep-checkpoints",)))
     assert res.exit_code == 0, res.output
     ext = _results(out)
+    assert all((Path(ext[j].run_dir) / "checkpoints").is_dir() for j in set(ext) - set(got))
     assert set(ext) - set(got) == {"math/grpo/s0/layer-1.mlp"} | {f"math/grpo/s2/{n}" for n in
                                                                  ("full", "layer-0", "layer-3", "layer-1.mlp")}
     assert all(_comparable(ext[j]) == _comparable(got[j]) for j in got)

@@ -143,12 +143,14 @@ def head_chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: 
 
 
 def scaled_token_logp(head, hs, targets, temperature):
+    """Log-probs of ``targets`` under ``head(hs) / temperature`` (the module path, no entropies)."""
     logits = head(hs).float()
     return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1).gather(
         -1, targets[:, None]).squeeze(-1)
 
 
 def logp_entropy(head, hs, targets, temperature):
+    """Log-probs of ``targets`` and the entropies under ``head(hs) / temperature`` (the module path)."""
     logits = head(hs).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -166,7 +168,7 @@ def candidate_token_logprobs(model, prompts: list[list[int]], candidates: list[l
     """``out[b][k]``: the log-probs of candidate k's tokens after prompt b (one packed forward for the batch).
 
     Gradients flow into parameters that require them when grad is enabled; the LM head
-    runs on candidate positions only, ``chunk_size`` tokens at a time (checkpointed with grad).
+    runs on candidate positions only, ``chunk_size`` tokens at a time (with grad: :func:`head_chunk_logp`).
 
     ``capture_block = l`` appends to ``captured``, per prompt, the states entering block ``l`` over its packed
     row (prompt, then every candidate). ``lower`` (a ``LowerStack``) with ``lower_hidden`` (those states, one

@@ -646,8 +646,10 @@ def prune_finished_job(spec: SweepSpec, result: JobResult) -> None:
 PRESET_JOB_SECONDS: dict[str, dict[str, dict[str, float]]] = {
     # measured: results/sweeps/cpu-math-demo/results.jsonl (2026-12-04, idle; the layer figure is the mean of three)
     "cpu-math-demo": {"math": {"base": 49, "full": 238, "layer": 140}},
-    # estimates, not yet measured: the math jobs also score the code and ALFWorld suites (transfer)
-    "cpu-three-domains": {"math": {"base": 80, "full": 700, "layer": 330},
+    # math: base and full measured (results/sweeps/cpu-three-domains, 2026-12-04; base partly on a shared machine),
+    # layer estimated as full's evaluations plus half its training; code and agentic: estimates, not yet measured.
+    # Every job also scores the other domains' suites (transfer), most of a math job's time.
+    "cpu-three-domains": {"math": {"base": 990, "full": 860, "layer": 760},
                           "code": {"base": 400, "full": 900, "layer": 600},
                           "agentic": {"base": 500, "full": 1500, "layer": 1000}},
 }

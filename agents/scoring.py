@@ -89,6 +89,13 @@ def _token_logp(head, hs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(head(hs).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
+def _log_softmax_at(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """(log-softmax of ``logits / temperature`` in fp32 (N, V), its values at ``targets`` (N,))."""
+    logits = logits.float()
+    logp_all = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    return logp_all, logp_all.gather(-1, targets[:, None]).squeeze(-1)
+
+
 class _FrozenHeadLogp(torch.autograd.Function):
     """``log p(target | h)`` under a frozen linear head, its gradient in ``h`` made in the forward.
 
@@ -100,12 +107,7 @@ class _FrozenHeadLogp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hs, weight, bias, targets, temperature, want_entropy):
-        logits = torch.nn.functional.linear(hs, weight, bias).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        del logits
-        logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+        logp_all, logp = _log_softmax_at(torch.nn.functional.linear(hs, weight, bias), targets, temperature)
         p = logp_all.exp()
         ent = -logp_all.mul_(p).sum(-1) if want_entropy else logp.new_zeros(logp.shape)  # in place: no (N, V) temp
         del logp_all
@@ -144,19 +146,12 @@ def head_chunk_logp(head, hs: torch.Tensor, targets: torch.Tensor, temperature: 
 
 def scaled_token_logp(head, hs, targets, temperature):
     """Log-probs of ``targets`` under ``head(hs) / temperature`` (the module path, no entropies)."""
-    logits = head(hs).float()
-    return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1).gather(
-        -1, targets[:, None]).squeeze(-1)
+    return _log_softmax_at(head(hs), targets, temperature)[1]
 
 
 def logp_entropy(head, hs, targets, temperature):
     """Log-probs of ``targets`` and the entropies under ``head(hs) / temperature`` (the module path)."""
-    logits = head(hs).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    del logits
-    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    logp_all, logp = _log_softmax_at(head(hs), targets, temperature)
     p = logp_all.exp()
     # without autograd in place (one (N, V) temp, not two); with it (a checkpoint's recompute) a new tensor
     return logp, -(logp_all * p if torch.is_grad_enabled() else logp_all.mul_(p)).sum(-1)

@@ -89,6 +89,11 @@ class SweepSpec:
     """Evaluate every job on every swept domain's in-domain suite (contribution on the other domains, C_all)."""
     eval_items: int | None = None
     """Override every suite's item count (smaller = faster, noisier)."""
+    transfer_items: dict = field(default_factory=dict)
+    """Items of a domain's in-domain suite when it scores another domain's jobs (transfer), by domain
+    (``{"agentic": 10}``): the first N of its eval items. The domain's own jobs keep the suite's full count. Every
+    job of one trained domain (base, full, layers) is scored on the same items, so its transfer contributions stay
+    paired; a smaller count is cheaper and noisier. Unset: the suite's own count (or ``eval_items``)."""
     train: dict = field(default_factory=dict)
     """TrainConfig options for every job (``{"num_tasks": 8}``); ``{"math": {...}}`` applies to one domain."""
     insert_layer: str | None = None
@@ -103,7 +108,7 @@ class SweepSpec:
 
     # Settings that must match for results to be comparable (resume / extension check).
     # (The single-layer lr scale is not one: each scale's jobs are apart, with their own ids.)
-    IDENTITY = ("model", "steps", "lr", "suites", "extra_suites", "transfer", "eval_items",
+    IDENTITY = ("model", "steps", "lr", "suites", "extra_suites", "transfer", "eval_items", "transfer_items",
                 "train", "insert_layer")
 
     def identity(self) -> dict:
@@ -147,6 +152,23 @@ class SweepSpec:
                     names.append(first)
         names += [n for n in self.extra_suites if n not in names]
         return names
+
+    def transfer_suite_items(self, domain: str) -> dict[str, int]:
+        """The item count of each transfer suite a job of ``domain`` is scored on (``transfer_items``), by suite."""
+        if not self.transfer:
+            return {}
+        own = set(self.domain_suites(domain))
+        out = {}
+        for other in self.domains:
+            first = self.domain_suites(other)[0]
+            if first in own:
+                continue
+            spec = domain_spec(other)
+            n = next((self.transfer_items[k] for k in (other, spec.name, spec.env_id) if k in self.transfer_items),
+                     None)
+            if n is not None:
+                out[first] = int(n)
+        return out
 
     def _own_train(self, domain: str) -> dict:
         """The ``train`` options given for ``domain`` alone (by its name or env id)."""
@@ -422,6 +444,9 @@ def run_job(spec: SweepSpec, job: Job, sweep_dir: Path, cache: ModelCache, progr
     suites = [get_suite(n) for n in spec.eval_suites(job.domain)]
     if spec.eval_items:
         suites = [s.with_overrides(num_items=spec.eval_items) for s in suites]
+    fewer = spec.transfer_suite_items(job.domain)
+    suites = [s.with_overrides(num_items=min(fewer[s.name], s.num_items or fewer[s.name])) if s.name in fewer else s
+              for s in suites]
     results, missing = {}, {}
     for suite in suites:
         # A suite is scored with its own domain's prompt and action options, whichever domain trained the job: a
@@ -462,9 +487,11 @@ def _check_identity(sweep_dir: Path, spec: SweepSpec) -> None:
     if not p.is_file():
         return
     stored = json.loads(p.read_text())
-    old = stored.get("identity", {})
+    # A setting added after the sweep was started is absent from its sweep.json: it ran at that setting's default.
+    defaults = json.loads(json.dumps(SweepSpec().identity()))
+    old = {**defaults, **stored.get("identity", {})}
     new = json.loads(json.dumps(spec.identity()))
-    diff = [k for k in new if k in old and old[k] != new[k]]
+    diff = [k for k in new if old[k] != new[k]]
     if "train" in diff and _only_unrun_domains_changed(sweep_dir, old["train"], new["train"]):
         diff.remove("train")
     if diff:
@@ -526,6 +553,7 @@ def _write_spec(sweep_dir: Path, spec: SweepSpec, num_layers: int) -> None:
         "spec": dataclasses.asdict(spec), "identity": spec.identity(), "all": union, "num_layers": num_layers,
         "train_options": {d: spec.train_options(d) for d in spec.domains},
         "eval_suites": {d: spec.eval_suites(d) for d in spec.domains},
+        "transfer_items": {d: spec.transfer_suite_items(d) for d in spec.domains},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "onelayer": _onelayer_version()},
         "machine": describe_machine(),
@@ -562,6 +590,13 @@ def validate_spec(spec: SweepSpec) -> None:
         raise UserError(f"unknown executor {spec.executor!r}: use local or ray")
     if spec.eval_items is not None and spec.eval_items < 1:
         raise UserError(f"--eval-items must be >= 1, got {spec.eval_items}")
+    if not isinstance(spec.transfer_items, dict):
+        raise UserError(f"--transfer-items takes DOMAIN=N pairs (agentic=10,code=64), got {spec.transfer_items!r}")
+    for k, n in spec.transfer_items.items():
+        if k not in spec.domains and not any(domain_name(d) == k or domain_spec(d).env_id == k for d in spec.domains):
+            raise UserError(f"--transfer-items names {k!r}, which is not a swept domain ({', '.join(spec.domains)})")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"--transfer-items {k}={n!r}: the item count must be an integer >= 1")
     if bool(spec.insert_layer) != bool(spec.insert_at):
         raise UserError("--insert-layer and --insert-at go together (e.g. --insert-layer "
                         "onelayer.training.insert:identity_copy --insert-at 15)")
@@ -646,12 +681,13 @@ def prune_finished_job(spec: SweepSpec, result: JobResult) -> None:
 PRESET_JOB_SECONDS: dict[str, dict[str, dict[str, float]]] = {
     # measured: results/sweeps/cpu-math-demo/results.jsonl (2026-12-04, idle; the layer figure is the mean of three)
     "cpu-math-demo": {"math": {"base": 49, "full": 238, "layer": 140}},
-    # math: base and full measured (results/sweeps/cpu-three-domains, 2026-12-04; base partly on a shared machine),
-    # layer estimated as full's evaluations plus half its training; code and agentic: estimates, not yet measured.
-    # Every job also scores the other domains' suites (transfer), most of a math job's time.
-    "cpu-three-domains": {"math": {"base": 990, "full": 860, "layer": 760},
-                          "code": {"base": 400, "full": 900, "layer": 600},
-                          "agentic": {"base": 500, "full": 1500, "layer": 1000}},
+    # Estimates from the parts, until the sweep has timed its own jobs: suite times on the base model (2026-12-04,
+    # idle: math-l1 ~40 s, code-gen-l1 ~0.7 s an item, an ALFWorld score-format episode ~2.4 s) and the step times
+    # of results/train_step*.json (math 18 s full / 11 s layer 15; code 64 / 48 s; ALFWorld 122 / 75 s; 20 steps).
+    # Transfer (transfer_items) scores 64 code items and 10 x 4 ALFWorld episodes on the other domains' jobs.
+    "cpu-three-domains": {"math": {"base": 200, "full": 400, "layer": 310},
+                          "code": {"base": 330, "full": 970, "layer": 810},
+                          "agentic": {"base": 380, "full": 2800, "layer": 1900}},
 }
 """Seconds per job (base evaluation, full-parameter job, single-layer job) on the idle 2-core development machine,
 as the preset's estimate before a sweep has timed its own jobs (docs/sweeps.md gives the measured totals)."""
@@ -750,11 +786,13 @@ PRESETS: dict[str, dict] = {
     # sampled passes first: greedy, the model answers "1" whatever is listed, so a greedy score moves only when
     # its position preference does (results/RESULTS.md, the ALFWorld compare).
     # The paper's question on all three domains: the same six layers, 3 seeds, each domain's full-parameter lr
-    # tuned once with tune-lr (results/tune/), every job scored on every domain's in-domain suite (transfer).
+    # tuned once with tune-lr (results/tune/), every job scored on every domain's in-domain suite (transfer; the
+    # other domains' jobs score code and ALFWorld on fewer items, transfer_items: the full counts made a math job's
+    # transfer evaluations three quarters of its time).
     # Runs its domains one after another; resumable; docs/sweeps.md has its measured cost.
     "cpu-three-domains": dict(
         domains=["math", "code", "agentic"], algos=["grpo"], layers="0,6,12,15,22,29", seeds=[0, 1, 2], steps=10,
-        transfer=True,
+        transfer=True, transfer_items={"agentic": 10, "code": 64},
         suites={"math": ["math-l1"], "code": ["code-gen-l1", "humaneval"], "agentic": ["alfworld-gen-easy-sampled"]},
         train={"math": {"lr": 1e-5, "num_tasks": 8, "num_generations": 8},
                "code": {"lr": 1e-5, "env_kwargs": {"dataset": "procedural", "level": 1}, "max_new_tokens": 160,

@@ -426,6 +426,7 @@ def sweep_cmd(
     extra_suites: Optional[str] = typer.Option(None, "--extra-suites", help="Suites evaluated on every job too (transfer)."),
     transfer: Optional[bool] = typer.Option(None, "--transfer/--no-transfer", help="Evaluate every job on every swept domain's in-domain suite (C_all)."),
     eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Items per suite (overrides the suites' own count)."),
+    transfer_items: Optional[str] = typer.Option(None, "--transfer-items", help="DOMAIN=N,...: score a domain's in-domain suite on its first N items when it is another domain's transfer target (agentic=10,code=64)."),
     train: Optional[str] = typer.Option(None, "--train", help="TrainConfig options for every job: key=value,... or JSON ({\"math\": {...}} per domain)."),
     insert_layer: Optional[str] = typer.Option(None, "--insert-layer", help="module:factory building a new block to insert and train (e.g. onelayer.training.insert:identity_copy)."),
     at: Optional[str] = typer.Option(None, "--insert-at", "--at", help="Where --insert-layer puts its block: one index or a comma list (as train's --insert-at)."),
@@ -465,6 +466,7 @@ def sweep_cmd(
         "seeds": _parse_seeds(seeds) if seeds else None,
         "extra_suites": _comma_list(extra_suites),
         "train": _parse_mapping(train, "--train") if train else None,
+        "transfer_items": _parse_mapping(transfer_items, "--transfer-items") if transfer_items else None,
     }
     if at:
         try:

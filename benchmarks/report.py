@@ -255,6 +255,58 @@ def _depth_markdown(depth: dict, keys: list[tuple[str, str]]) -> list[str]:
     return lines + [""]
 
 
+INSERTED_METHOD = ("per seed: the inserted block's in-domain score minus the other target's (the existing block at "
+                   "the insertion index, or full-parameter RL) on the same seed; mean over seeds with a 95% t "
+                   "interval (df = seeds - 1)")
+
+
+def _inserted_comparison(results: list[JobResult], domain: str, algo: str) -> dict:
+    """Each inserted block (``insert@N``) against the existing block N trained alone and against full RL: per-seed
+    paired score differences, their mean and 95% t interval (``{}`` when the sweep inserted nothing)."""
+    scores = layer_contributions(results, domain, algo=algo)
+    out = {}
+    for target in sorted((t for t in scores if t.startswith("insert@")), key=_target_key):
+        mine, at = scores[target], target.split("@", 1)[1]
+        entry: dict = {"seeds": sorted(mine), "score_mean": float(np.mean(list(mine.values()))),
+                       "method": INSERTED_METHOD}
+        for name, other in ((f"layer {at}", scores.get(at, {})), ("full", scores.get("full", {})),
+                            ("base", scores.get("base", {}))):
+            seeds = sorted(set(mine) & set(other))
+            diffs = [mine[s] - other[s] for s in seeds]
+            cmp: dict = {"seeds": seeds, "per_seed": diffs, "mean": None, "ci": None,
+                         "higher_in": sum(d > 0 for d in diffs)}
+            if diffs:
+                mean, low, high = mean_t_ci(diffs)
+                cmp.update(mean=mean, ci=[low, high] if low is not None else None,
+                           other_score_mean=float(np.mean([other[s] for s in seeds])))
+            entry[f"minus_{name.replace(' ', '_')}"] = cmp
+        out[target] = entry
+    return out
+
+
+def _inserted_markdown(inserted: dict, keys: list[tuple[str, str]]) -> list[str]:
+    lines = ["## Inserted blocks", "",
+             "A new block inserted at index N (identity-initialised: the model starts unchanged) and trained alone, "
+             "against the existing block N trained alone, full-parameter RL and the base model, on the in-domain "
+             "suite. Per seed: the inserted block's score minus the other's; the mean over seeds with a 95% t "
+             "interval (df = seeds - 1), and in how many seeds the inserted block scored higher.", "",
+             "| domain (algo) | inserted | score | vs existing block | vs full RL | vs base |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def cell(c: dict) -> str:
+        if c["mean"] is None:
+            return "-"
+        ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c["ci"] else " (1 seed)"
+        return f"{c['mean']:+.3f}{ci}, higher in {c['higher_in']} of {len(c['per_seed'])}"
+
+    for d, a in keys:
+        for target, e in inserted.get(f"{d}/{a}", {}).items():
+            at = target.split("@", 1)[1]
+            lines.append(f"| {d} ({a}) | {target} | {e['score_mean']:.3f} | {cell(e[f'minus_layer_{at}'])} "
+                         f"(layer {at}) | {cell(e['minus_full'])} | {cell(e['minus_base'])} |")
+    return lines + [""]
+
+
 def _series(pairs) -> dict[str, tuple[str, str]]:
     """A name for each trained (domain, algo): the domain, with the algorithm in brackets when it ran several."""
     pairs = list(dict.fromkeys(pairs))
@@ -798,6 +850,8 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
     out.mkdir(exist_ok=True)
     keys = sorted({(r.domain, r.algo) for r in rows})
     depth = {f"{d}/{a}": _depth_groups(rows, d, a, num_layers, results) for d, a in keys}
+    inserted = {f"{d}/{a}": _inserted_comparison(results, d, a) for d, a in keys}
+    inserted = {k: v for k, v in inserted.items() if v}
     corr = _correlations(rows)
     change_corr = _change_correlation(rows)
     by_scale = {s: build_rows(results, lr_scale=s, in_domain_only=True) for s in lr_scales_of(results)}
@@ -821,7 +875,7 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
         "rows": [asdict(r) for r in rows], "depth_groups": depth, "rank_correlations": corr,
         "weight_change_vs_contribution": change_corr, "lr_scales": scale_cmp, "learning_curves": curves,
         "cross_domain_rank": cross, "transfer_matrix": matrix, "transfer_matrix_suites": own if matrix else {},
-        "jobs": [asdict(r) for r in results]}
+        "inserted": inserted, "jobs": [asdict(r) for r in results]}
     if probe_checks:
         numbers["probe"] = probe_checks
     atomic_write_json(out / "numbers.json", numbers)
@@ -878,6 +932,8 @@ def write_report(sweep_dir: str | Path, probes: list[str | Path] | tuple = ()) -
                 md.append(f"| {d} | {a} | {t} | " + " | ".join(cells) + " |")
         md.append("")
     md += _depth_markdown(depth, keys)
+    if inserted:
+        md += _inserted_markdown(inserted, keys)
     if cross:
         md += _cross_markdown(cross)
     if matrix:

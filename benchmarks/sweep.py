@@ -494,6 +494,8 @@ def _check_identity(sweep_dir: Path, spec: SweepSpec) -> None:
     diff = [k for k in new if old[k] != new[k]]
     if "train" in diff and _only_unrun_domains_changed(sweep_dir, old["train"], new["train"]):
         diff.remove("train")
+    if "insert_layer" in diff and old["insert_layer"] is None and not _ran_inserted(sweep_dir):
+        diff.remove("insert_layer")  # adding inserted blocks to a sweep only adds jobs: the others stay comparable
     if diff:
         what = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
         raise UserError(f"{sweep_dir} holds a sweep with other settings ({what}); results would not be comparable: "
@@ -502,6 +504,10 @@ def _check_identity(sweep_dir: Path, spec: SweepSpec) -> None:
 
 EVAL_OPTIONS = ("prompt_template", "system_prompt", "history_length", "action_format")
 """Train options that also decide how a domain's suites are scored (on every job: transfer)."""
+
+
+def _ran_inserted(sweep_dir: Path) -> bool:
+    return results_path(sweep_dir).is_file() and any(r.target.startswith("insert@") for r in load_results(sweep_dir))
 
 
 def _only_unrun_domains_changed(sweep_dir: Path, old: dict, new: dict) -> bool:
@@ -793,6 +799,8 @@ PRESETS: dict[str, dict] = {
     "cpu-three-domains": dict(
         domains=["math", "code", "agentic"], algos=["grpo"], layers="0,6,12,15,22,29", seeds=[0, 1, 2], steps=10,
         transfer=True, transfer_items={"agentic": 10, "code": 64},
+        # a new block benchmarked where the paper trains: identity-initialised at the middle, trained alone
+        insert_layer="onelayer.training.insert:identity_copy", insert_at=[15],
         suites={"math": ["math-l1"], "code": ["code-gen-l1", "humaneval"], "agentic": ["alfworld-gen-easy-sampled"]},
         train={"math": {"lr": 1e-5, "num_tasks": 8, "num_generations": 8},
                "code": {"lr": 1e-5, "env_kwargs": {"dataset": "procedural", "level": 1}, "max_new_tokens": 160,

@@ -378,3 +378,33 @@ def test_two_domains_of_one_seed_give_correlations_without_a_ci(tmp_path):
     assert "one seed" in v["note"]
     line = f"- math vs {PLUGIN}: Spearman -1.000, Kendall -1.000 over layers [0, 1, 2, 3, 4, 5]"
     assert line in path.read_text() and "(1 seed: no CI)" in path.read_text()
+
+
+def test_inserted_block_is_compared_with_the_existing_block_full_and_base_paired_over_seeds(tmp_path):
+    d = _store(tmp_path, domains=("math",))
+    inserted = [0.45, 0.50, 0.49]  # minus layer 3 (0.40 each seed): +0.05, +0.10, +0.09
+    for s, v in enumerate(inserted):
+        append_result(d, JobResult(f"math/grpo/s{s}/layer-insert-3", "math", s, "layer", "insert@3", 3, "grpo", v,
+                                   {"math-l1": v, "humaneval": 0.2}))
+    write_report(d)
+    nums = json.loads((d / "report" / "numbers.json").read_text())
+    e = nums["inserted"]["math/grpo"]["insert@3"]
+    assert e["score_mean"] == pytest.approx(np.mean(inserted)) and e["seeds"] == [0, 1, 2]
+    vs_layer = e["minus_layer_3"]
+    diffs = [v - 0.40 for v in inserted]
+    assert vs_layer["per_seed"] == pytest.approx(diffs) and vs_layer["higher_in"] == 3
+    mean, low, high = mean_t_ci(diffs)
+    assert (vs_layer["mean"], *vs_layer["ci"]) == pytest.approx((mean, low, high))
+    half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)  # scipy's t interval
+    assert vs_layer["ci"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half])
+    assert e["minus_full"]["per_seed"] == pytest.approx([v - f for v, f in zip(inserted, FULL["math"])])
+    assert e["minus_base"]["per_seed"] == pytest.approx([v - BASE["math"] for v in inserted])
+    assert e["minus_full"]["higher_in"] == 1  # 0.50 > 0.52 is false, 0.49 > 0.48 is true, 0.45 > 0.50 false
+    md = (d / "report" / "report.md").read_text()
+    assert "## Inserted blocks" in md and "| math (grpo) | insert@3 | 0.480 |" in md
+    # a sweep without inserted blocks has no such section
+    (tmp_path / "plain").mkdir()
+    write_report(_store(tmp_path / "plain"))
+    plain = json.loads((tmp_path / "plain" / "sweep" / "report" / "numbers.json").read_text())
+    assert plain["inserted"] == {} and "## Inserted blocks" not in (tmp_path / "plain" / "sweep" / "report" /
+                                                                    "report.md").read_text()

@@ -372,8 +372,8 @@ def test_three_domain_preset_gives_each_domain_its_lr_steps_and_the_others_in_do
     spec = SweepSpec.from_dict(preset_spec("cpu-three-domains"))
     jobs = plan_jobs(spec, num_layers=30)
     assert {j.domain for j in jobs} == {"math", "code", "agentic"}
-    assert {j.target for j in jobs if j.method == "layer"} == {"0", "6", "12", "15", "22", "29"}
-    assert len(jobs) == 3 * (1 + 3 * (1 + 6))
+    assert {j.target for j in jobs if j.method == "layer"} == {"0", "6", "12", "15", "22", "29", "insert@15"}
+    assert len(jobs) == 3 * (1 + 3 * (1 + 6 + 1))
     cfgs = {d: job_train_config(spec, next(j for j in jobs if j.domain == d and j.method == "layer"), tmp_path / d)
             for d in spec.domains}
     assert cfgs["math"].lr == spec.train["math"]["lr"] and cfgs["code"].lr == spec.train["code"]["lr"]
@@ -497,3 +497,21 @@ def test_a_sweep_started_before_a_setting_existed_resumes_only_at_its_default(tm
     _check_identity(out, spec)
     with pytest.raises(UserError, match="transfer_items"):
         _check_identity(out, SweepSpec(domains=["math", "code"], transfer_items={"code": 5}))
+
+
+def test_inserted_blocks_can_be_added_to_a_sweep_until_one_has_run(tmp_path):
+    from onelayer.benchmarks.sweep import _check_identity, _write_spec
+    from onelayer.benchmarks.sweep_results import JobResult, append_result
+
+    factory = "onelayer.training.insert:identity_copy"
+    out = tmp_path / "sw"
+    out.mkdir()
+    _write_spec(out, SweepSpec(), 30)
+    append_result(out, JobResult(job="math/base", domain="math", seed=-1, method="base", target="none", layer=None,
+                                 algo="none", score=0.3, scores={"math-l1": 0.3}))
+    _check_identity(out, SweepSpec(insert_layer=factory, insert_at=[15]))  # adds insert@15 jobs only
+    _write_spec(out, SweepSpec(insert_layer=factory, insert_at=[15]), 30)
+    append_result(out, JobResult(job="math/gigpo/s0/layer-insert-15", domain="math", seed=0, method="layer",
+                                 target="insert@15", layer=15, algo="gigpo", score=0.4, scores={"math-l1": 0.4}))
+    with pytest.raises(UserError, match="insert_layer"):  # another block at the same ids would not compare
+        _check_identity(out, SweepSpec(insert_layer="mypkg.blocks:other", insert_at=[15]))

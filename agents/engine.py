@@ -75,13 +75,18 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
     """
     logits = logits.float()
     greedy = params.temperature <= 0
-    logprobs = torch.log_softmax(logits if greedy else logits / params.temperature, dim=-1)
     if greedy:
+        logprobs = torch.log_softmax(logits, dim=-1)
         nxt = logits.argmax(-1)
     else:
-        cdf = _top_p_filter(logprobs.exp(), params.top_p).double().cumsum(-1)
+        # One (rows, vocab) temporary at a time, updated in place: the sampler's peak memory is the KV cache
+        # plus these, at the last decoding step (the values are those of the out-of-place expressions).
+        logprobs = torch.log_softmax(logits / params.temperature, dim=-1)
+        cdf = _top_p_filter(logprobs.exp(), params.top_p).double()
+        cdf.cumsum_(-1)
         target = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
         nxt = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+        del cdf
     return nxt, logprobs.gather(-1, nxt[:, None]).squeeze(-1)
 
 

@@ -78,3 +78,23 @@ def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     kept = _top_p_filter(probs, 0.7)
     assert kept.tolist()[0] == pytest.approx([0.5, 0.3, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_sampled_tokens_and_logprobs_are_the_inverse_cdf_draw_of_the_tempered_softmax(temperature, top_p):
+    """sample_tokens (in-place temporaries) against the plain expression it implements, bit for bit."""
+    from onelayer.agents.engine import _top_p_filter, sample_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 4096, generator=gen) * 4
+    u = torch.rand(16, generator=gen, dtype=torch.float64)
+    nxt, lp = sample_tokens(logits, SamplingParams(8, temperature, top_p, 0), u)
+    if temperature <= 0:
+        ref_lp = torch.log_softmax(logits, -1)
+        ref = logits.argmax(-1)
+    else:
+        ref_lp = torch.log_softmax(logits / temperature, -1)
+        cdf = _top_p_filter(ref_lp.exp(), top_p).double().cumsum(-1)
+        ref = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=4095)
+    assert torch.equal(nxt, ref)
+    assert torch.equal(lp, ref_lp.gather(-1, ref[:, None]).squeeze(-1))

@@ -941,6 +941,27 @@ def gpu_measured(root: Path, rel: str) -> str:
                             rows))
 
 
+def profile_step(root: Path, rel: str) -> str:
+    """The step profile (``benchmarks/profile_step.py``): per phase its wall time, the FLOP floor, the matmuls'
+    achieved throughput, and the seconds and share of each kind of op."""
+    from onelayer.benchmarks.profile_step import KINDS
+
+    data = _json(_path(root, rel, "profile"))
+    rows = []
+    for phase in ("sampling", "update"):
+        p = data["phases"][phase]
+        rows.append([phase, f"{p['wall_s']:.2f}", f"{p['floor_s']:.2f}", f"{p['matmul_gflops']:.0f}"]
+                    + [f"{p['by_kind_s'][k]:.2f} ({p['by_kind_s'][k] / p['wall_s']:.0%})" for k in KINDS])
+    out = _table(["phase", "wall s", "floor s", "matmul GFLOP/s"] + [f"{k} s" for k in KINDS], rows)
+    where = f"the {data['preset']} preset's {data['domain']} batch" if data.get("preset") else "`onelayer train`'s math defaults"
+    out += ["", f"- layers {data['layers']}, {where}; {data['threads']} threads; the machine's fp32 matmul throughput "
+                f"{data['matmul_gflops']:.1f} GFLOP/s (floor = the phase's matmul FLOPs at it); load average before: "
+                f"{', '.join(str(x) for x in data['load_before'])}",
+            "- largest ops, sampling: " + ", ".join(f"{n} {s:.2f} s" for n, s in data["phases"]["sampling"]["top_ops"][:5]),
+            "- largest ops, update: " + ", ".join(f"{n} {s:.2f} s" for n, s in data["phases"]["update"]["top_ops"][:5])]
+    return "\n".join(out)
+
+
 BUILDERS: dict[str, Callable[..., str]] = {
     "sweep-summary": sweep_summary, "sweep-jobs": sweep_jobs, "sweep-scales": sweep_scales, "tune": tune,
     "compare": compare, "compare-runs": compare_runs,
@@ -949,6 +970,7 @@ BUILDERS: dict[str, Callable[..., str]] = {
     "study-cost": study_cost, "lr-probes": lr_probes,
     "train-step": train_step, "bench-rollout": bench_rollout, "bench-alfworld": bench_alfworld,
     "alfworld-steps": alfworld_steps, "bench-history": bench_history, "gpu-measured": gpu_measured,
+    "profile-step": profile_step,
 }
 """KIND -> builder ``(results_dir, PATH, **options) -> markdown``."""
 

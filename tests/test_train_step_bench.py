@@ -25,3 +25,34 @@ def test_score_rows_count_the_prompt_and_every_candidate():
             Row([1, 2], [8, 8], 0.0, candidates=[[8, 8]], choice=0)]
     assert forwarded_tokens(rows, True, 1, skip_silent=True) == (3 + 6, 6)
     assert forwarded_tokens(rows, True, 1, skip_silent=False) == (3 + 6 + 2 + 2, 6 + 2)
+
+
+def test_profile_puts_every_op_of_both_phases_under_one_kind(tiny_model_dirs, monkeypatch):
+    """On a tiny model: both phases profiled, the kinds' self times add up to about the phase's wall time, and the
+    matmuls the floor counts are found (a run whose ops all fell under 'other' would say nothing)."""
+    from pathlib import Path
+
+    from onelayer.benchmarks import profile_step
+    from onelayer.benchmarks.profile_step import KINDS, kind_of, measure
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    plain = profile_step._config
+
+    def varied_reward(*a, **kw):  # a random tiny model earns math reward 0: reward length, so the update runs
+        cfg = plain(*a, **kw)
+        cfg.reward_funcs = ["support_rewards:length_reward"]
+        return cfg
+
+    monkeypatch.setattr(profile_step, "_config", varied_reward)
+
+    assert kind_of("aten::mm") == "matmul" and kind_of("aten::cat") == "copies"
+    assert kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert kind_of("aten::_foreach_mul_") == "optimizer" and kind_of("aten::pow") == "elementwise"
+    phases = measure(str(tiny_model_dirs["qwen3"]), "1", None, "math", "cpu")
+    for name in ("sampling", "update"):
+        p = phases[name]
+        assert set(p["by_kind_s"]) == set(KINDS)
+        total = sum(p["by_kind_s"].values())
+        assert 0.3 * p["wall_s"] <= total <= 1.1 * p["wall_s"], (name, total, p["wall_s"])
+        assert p["by_kind_s"]["matmul"] > 0 and p["flops"] > 0 and p["tokens"] > 0
+    assert phases["update"]["by_kind_s"]["optimizer"] > 0

@@ -687,11 +687,12 @@ def prune_finished_job(spec: SweepSpec, result: JobResult) -> None:
 PRESET_JOB_SECONDS: dict[str, dict[str, dict[str, float]]] = {
     # measured: results/sweeps/cpu-math-demo/results.jsonl (2026-12-04, idle; the layer figure is the mean of three)
     "cpu-math-demo": {"math": {"base": 49, "full": 238, "layer": 140}},
-    # Estimates from the parts, until the sweep has timed its own jobs: suite times on the base model (2026-12-04,
-    # idle: math-l1 ~40 s, code-gen-l1 ~0.7 s an item, an ALFWorld score-format episode ~2.4 s) and the step times
-    # of results/train_step*.json (math 18 s full / 11 s layer 15; code 64 / 48 s; ALFWorld 122 / 75 s; 20 steps).
-    # Transfer (transfer_items) scores 64 code items and 10 x 4 ALFWorld episodes on the other domains' jobs.
-    "cpu-three-domains": {"math": {"base": 200, "full": 400, "layer": 310},
+    # math: measured (results/sweeps/cpu-three-domains, seed 0, 2026-12-04; the layer figure is the mean of six).
+    # code and agentic: estimates from the parts until the sweep has timed its own jobs: suite times on the base
+    # model (math-l1 ~40 s, code-gen-l1 ~0.7 s an item, an ALFWorld score-format episode ~2.4 s) and the step times
+    # of results/train_step*.json (code 64 s full / 48 s layer 15; ALFWorld 122 / 75 s, 20 steps). Transfer
+    # (transfer_items) scores 64 code items and 10 x 4 ALFWorld episodes on the other domains' jobs.
+    "cpu-three-domains": {"math": {"base": 152, "full": 274, "layer": 215},
                           "code": {"base": 330, "full": 970, "layer": 810},
                           "agentic": {"base": 380, "full": 2800, "layer": 1900}},
 }

@@ -692,6 +692,9 @@ PRESET_JOB_SECONDS: dict[str, dict[str, dict[str, float]]] = {
     # model (math-l1 ~40 s, code-gen-l1 ~0.7 s an item, an ALFWorld score-format episode ~2.4 s) and the step times
     # of results/train_step*.json (code 64 s full / 48 s layer 15; ALFWorld 122 / 75 s, 20 steps). Transfer
     # (transfer_items) scores 64 code items and 10 x 4 ALFWorld episodes on the other domains' jobs.
+    # cpu-agentic (score format, 20 steps): estimates from the ALFWorld step times above and its two suites on the
+    # base model (120 sampled + 30 greedy episodes, ~2.4 s each); the earlier choice-format preset measured 89 min.
+    "cpu-agentic": {"agentic": {"base": 370, "full": 2800, "layer": 1900}},
     "cpu-three-domains": {"math": {"base": 152, "full": 274, "layer": 215},
                           "code": {"base": 330, "full": 970, "layer": 810},
                           "agentic": {"base": 380, "full": 2800, "layer": 1900}},
@@ -788,10 +791,11 @@ PRESETS: dict[str, dict] = {
     "cpu-code": dict(
         domains=["code"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10,
         train={"num_tasks": 4, "num_generations": 4, "max_new_tokens": 192}),
-    # The learning study's setting (benchmarks/alfworld_learning.py): easy generated games, numbered actions. In
-    # verl-agent's text format the 135M model never names an admissible action, so every reward is 0. Scored on
-    # sampled passes first: greedy, the model answers "1" whatever is listed, so a greedy score moves only when
-    # its position preference does (results/RESULTS.md, the ALFWorld compare).
+    # cpu-agentic: the setting where one middle layer was shown to learn ALFWorld (benchmarks/alfworld_learning.py
+    # --action-format score: easy generated games, the score action format, lr 1e-4, 20 steps of 3 games x 4
+    # episodes; results/RESULTS.md). In verl-agent's text format the 135M model never names an admissible action;
+    # in the numbered (choice) format, this preset's setting until 2026-12-04, 10 steps moved the sampled success
+    # by 5 episodes of 120 (results/sweeps/cpu-agentic). Scored on sampled passes first: the policy RL trains.
     # The paper's question on all three domains: the same six layers, 3 seeds, each domain's full-parameter lr
     # tuned once with tune-lr (results/tune/), every job scored on every domain's in-domain suite (transfer; the
     # other domains' jobs score code and ALFWorld on fewer items, transfer_items: the full counts made a math job's
@@ -811,10 +815,10 @@ PRESETS: dict[str, dict] = {
                            "action_format": "score", "history_length": 0, "max_turns": 10, "max_new_tokens": 16,
                            "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),
     "cpu-agentic": dict(
-        domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=10, lr=1e-4,
+        domains=["agentic"], algos=["gigpo"], layers="0,15,29", seeds=[0], steps=20, lr=1e-4,
         suites={"agentic": ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]},
         train={"agentic": {"env_kwargs": {"generated_games": "easy", "hide_commands": list(EASY_HIDDEN_COMMANDS)},
-                           "action_format": "choice", "history_length": 0, "max_turns": 10, "max_new_tokens": 3,
+                           "action_format": "score", "history_length": 0, "max_turns": 10, "max_new_tokens": 16,
                            "num_tasks": 3, "num_generations": 4, "kl_metric": False}}),
     # The paper's setups (MISSION.md): every layer, full-parameter lr 5e-6 shared by all jobs.
     "gpu-qwen3-1.7b-math-grpo": dict(

@@ -346,7 +346,7 @@ def test_compare_ranks_by_another_domain_and_takes_a_presets_settings(tiny_model
                                                                            "alfworld-gen-easy"]
     top = next(j for j in jobs if j.method == "only-top2")
     cfg = job_train_config(spec, top, tmp_path / "run")
-    assert cfg.rank_domain == "math" and cfg.action_format == "choice" and cfg.layers == f"top:2@{math_sweep}"
+    assert cfg.rank_domain == "math" and cfg.action_format == "score" and cfg.layers == f"top:2@{math_sweep}"
 
 
 @pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("cpu-")])
@@ -359,12 +359,13 @@ def test_cpu_presets_give_valid_job_configs(name, tmp_path):
             assert cfg.lr == spec.domain_lr(job.domain) and cfg.steps == spec.domain_steps(job.domain)
             if name != "cpu-three-domains":
                 assert cfg.lr == (spec.lr or TrainConfig.lr) and cfg.steps == spec.steps
-    if name == "cpu-agentic":  # the learning study's setting: easy games, numbered actions, the matching suite
+    if name == "cpu-agentic":  # the score-format learning study's setting: easy games, 20 steps, the matching suite
         assert spec.domain_suites("agentic") == ["alfworld-gen-easy-sampled", "alfworld-gen-easy"]
         sampled = get_suite("alfworld-gen-easy-sampled")
         assert sampled.temperature == 1.0 and sampled.num_samples == 4
         assert {**sampled.env_kwargs} == {**get_suite("alfworld-gen-easy").env_kwargs}  # the same games
-        assert cfg.action_format == "choice" and cfg.env_kwargs["generated_games"] == "easy"
+        assert cfg.action_format == "score" and cfg.env_kwargs["generated_games"] == "easy"
+        assert (cfg.lr, cfg.steps, cfg.num_tasks, cfg.num_generations) == (1e-4, 20, 3, 4)
         assert cfg.env_kwargs["hide_commands"] == list(get_suite("alfworld-gen-easy").env_kwargs["hide_commands"])
 
 

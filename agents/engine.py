@@ -65,6 +65,12 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
 
 
+SAMPLE_CHUNK_ROWS = 16
+"""Rows :func:`sample_tokens` works on at a time: its (rows, vocab) temporaries, four of them at the last decoding
+step next to a full KV cache, are the sampler's peak memory above the cache (every op is row-wise, so a chunk's
+values are those of the whole block)."""
+
+
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens for a (rows, vocab) block of logits and their log-probs under ``softmax(logits / T)``.
 
@@ -73,6 +79,16 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
     random number per row instead of ``torch.multinomial``'s one per vocabulary
     entry, and a row's draw does not depend on which other rows are in the batch.
     """
+    n = logits.shape[0]
+    if n > SAMPLE_CHUNK_ROWS:
+        parts = [_sample_rows(logits[i : i + SAMPLE_CHUNK_ROWS], params,
+                              None if uniforms is None else uniforms[i : i + SAMPLE_CHUNK_ROWS])
+                 for i in range(0, n, SAMPLE_CHUNK_ROWS)]
+        return torch.cat([t for t, _ in parts]), torch.cat([lp for _, lp in parts])
+    return _sample_rows(logits, params, uniforms)
+
+
+def _sample_rows(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits.float()
     greedy = params.temperature <= 0
     if greedy:

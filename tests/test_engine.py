@@ -82,12 +82,14 @@ def test_top_p_keeps_the_smallest_nucleus():
 
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
 def test_sampled_tokens_and_logprobs_are_the_inverse_cdf_draw_of_the_tempered_softmax(temperature, top_p):
-    """sample_tokens (in-place temporaries) against the plain expression it implements, bit for bit."""
-    from onelayer.agents.engine import _top_p_filter, sample_tokens
+    """sample_tokens (row chunks, in-place temporaries) against the plain expression over the whole block, bit for
+    bit: 40 rows are two full chunks and a partial one."""
+    from onelayer.agents.engine import SAMPLE_CHUNK_ROWS, _top_p_filter, sample_tokens
 
+    assert 40 > 2 * SAMPLE_CHUNK_ROWS
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(16, 4096, generator=gen) * 4
-    u = torch.rand(16, generator=gen, dtype=torch.float64)
+    logits = torch.randn(40, 4096, generator=gen) * 4
+    u = torch.rand(40, generator=gen, dtype=torch.float64)
     nxt, lp = sample_tokens(logits, SamplingParams(8, temperature, top_p, 0), u)
     if temperature <= 0:
         ref_lp = torch.log_softmax(logits, -1)
@@ -96,5 +98,5 @@ def test_sampled_tokens_and_logprobs_are_the_inverse_cdf_draw_of_the_tempered_so
         ref_lp = torch.log_softmax(logits / temperature, -1)
         cdf = _top_p_filter(ref_lp.exp(), top_p).double().cumsum(-1)
         ref = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=4095)
-    assert torch.equal(nxt, ref)
+    assert nxt.shape == (40,) and torch.equal(nxt, ref)
     assert torch.equal(lp, ref_lp.gather(-1, ref[:, None]).squeeze(-1))

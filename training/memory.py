@@ -20,6 +20,37 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library, another OS)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); whether it could.
+
+    The sampler's KV cache is freed when sampling ends, but glibc keeps most of it in the process's heap, so the
+    update's allocations land on top of it and the step's peak resident memory is the sum of both phases'. After
+    the trim the update starts from the weights and what is live. The values computed are unchanged.
+    """
+    fn = _malloc_trim()
+    if fn is None:
+        return False
+    fn(0)
+    return True
+
+
 def _cast_floats(x, dtype: torch.dtype):
     if isinstance(x, torch.Tensor):
         return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x

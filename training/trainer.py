@@ -58,7 +58,7 @@ from onelayer.training.layers import (
     explicit_spec,
     find_decoder_blocks,
 )
-from onelayer.training.memory import checkpoint_blocks, keep_fp32_master
+from onelayer.training.memory import checkpoint_blocks, keep_fp32_master, release_freed_memory
 from onelayer.training.optim import (
     build_param_groups,
     describe_groups,
@@ -439,6 +439,12 @@ class Trainer:
         capture = self.lower is not None and hasattr(self.engine, "capture_block")
         if capture:
             self.engine.capture_block = self.lower.first
+        # On a CPU, the C heap's free pages go back to the OS before and after sampling: what loading the model
+        # or the previous update freed does not sit under the KV cache, and the freed cache does not sit under
+        # the update (glibc keeps freed blocks otherwise), so the step peaks at the larger phase, not their sum.
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
+        if on_cpu:
+            release_freed_memory()
         try:
             with self.ranks.sampling_weights():
                 trajs = collect(self.engine, self.prompts, envs, episodes, params,
@@ -450,6 +456,8 @@ class Trainer:
                 self.engine.capture_block = None  # evaluation samples without keeping states
         self.envs[: len(episodes)] = envs  # collect replaces crashed envs in the list it is given
         self._add_reward_funcs(trajs)
+        if on_cpu:
+            release_freed_memory()
         return trajs
 
     def advantages(self, trajs: list[Trajectory]) -> tuple[list[np.ndarray], dict]:

@@ -186,6 +186,10 @@ def sweep_summary(root: Path, rel: str) -> str:
                        f"middle {report._fmt(mc['middle'])}, last {report._fmt(mc['last'])}; middle higher than the "
                        f"ends in {g['middle_higher_in']} of {g['seeds_compared']} seeds (middle minus ends in mean C, "
                        f"per seed: {per_seed})")
+            m = g["middle_minus_outer"]
+            if m.get("ci"):
+                out.append(f"- middle third minus outer thirds, paired over seeds: mean {m['mean']:+.3f}, 95% t "
+                           f"interval [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}] over {len(m['per_seed'])} seeds")
         c = change.get(f"{d}/{a}")
         if c and not np.isnan(c["pearson"]):
             out.append(f"- full-RL weight change vs contribution: Pearson {c['pearson']:.2f}, Spearman "
@@ -810,7 +814,7 @@ def train_step(root: Path, rel: str, section: str | None = None) -> str:
         out += ["- update time / all: " + "; ".join(
             f"layer {r['layers']} {r['time_vs_all']:.2f} (target <= {tt[k]}: {verdict(r['time_vs_all'] <= tt[k])})"
             for r, k in ((first, "first"), (mid, "middle"), (last, "last"))),
-            f"- layer {mid['layers']} peak memory / all: {mid['memory_vs_all']:.2f} (target <= {tt['middle_memory']}: "
+            f"- layer {mid['layers']} peak memory / all: {mid['memory_vs_all']:.3f} (target <= {tt['middle_memory']}: "
             f"{verdict(mid['memory_vs_all'] <= tt['middle_memory'])}); its sampling time / all's: "
             f"{mid['sampling_vs_all']:.2f} (target within {tt['middle_sampling']:.0%}: "
             f"{verdict(abs(mid['sampling_vs_all'] - 1) <= tt['middle_sampling'])})"]
@@ -957,6 +961,10 @@ def profile_step(root: Path, rel: str) -> str:
     out += ["", f"- layers {data['layers']}, {where}; {data['threads']} threads; the machine's fp32 matmul throughput "
                 f"{data['matmul_gflops']:.1f} GFLOP/s (floor = the phase's matmul FLOPs at it); load average before: "
                 f"{', '.join(str(x) for x in data['load_before'])}",
+            "- outside any profiled op (the Python around them): " + "; ".join(
+                f"{ph} {data['phases'][ph]['wall_s'] - sum(data['phases'][ph]['by_kind_s'].values()):.2f} s "
+                f"({1 - sum(data['phases'][ph]['by_kind_s'].values()) / data['phases'][ph]['wall_s']:.0%})"
+                for ph in ("sampling", "update")),
             "- largest ops, sampling: " + ", ".join(f"{n} {s:.2f} s" for n, s in data["phases"]["sampling"]["top_ops"][:5]),
             "- largest ops, update: " + ", ".join(f"{n} {s:.2f} s" for n, s in data["phases"]["update"]["top_ops"][:5])]
     return "\n".join(out)

@@ -766,6 +766,26 @@ def lr_probes(root: Path, rel: str, reference: str | None = None) -> str:
     return "\n".join(_table(["lr", *(f"step {s}" for s in range(1, n + 1))], rows))
 
 
+def rounding_runs(root: Path, rel: str, steps: int = 4) -> str:
+    """Runs of one training job that differ only in float rounding (``full-metrics-NAME.jsonl``, each with the
+    score from ``results-NAME.jsonl`` or, for ``this-run``, the folder's parent ``results.jsonl``'s full job):
+    reward, loss and gradient norm over the first ``steps`` steps, then the held-out score."""
+    d = _path(root, rel, "a folder of run metrics")
+    rows = []
+    for m in sorted(d.glob("full-metrics-*.jsonl")):
+        name = m.name[len("full-metrics-"):-len(".jsonl")]
+        res = d / f"results-{name}.jsonl" if name != "this-run" else d.parent / "results.jsonl"
+        score = next((r["score"] for r in _jsonl(res) if r["method"] == "full"), None)
+        by_step = {x["step"]: x for x in _jsonl(m) if "grad_norm" in x}
+        cells = [f"{by_step[s]['reward']:.4f} / {by_step[s]['loss']:.6f} / {by_step[s]['grad_norm']:.5f}"
+                 if s in by_step else "" for s in range(1, steps + 1)]
+        rows.append([name, *cells, _f(score, 4)])
+    if not rows:
+        raise UserError(f"{d} holds no full-metrics-*.jsonl")
+    return "\n".join(_table(["run", *(f"step {s}: reward / loss / grad norm" for s in range(1, steps + 1)),
+                              "held-out score"], rows))
+
+
 # ---------------------------------------------------------------- speed
 
 
@@ -978,7 +998,7 @@ BUILDERS: dict[str, Callable[..., str]] = {
     "study-cost": study_cost, "lr-probes": lr_probes,
     "train-step": train_step, "bench-rollout": bench_rollout, "bench-alfworld": bench_alfworld,
     "alfworld-steps": alfworld_steps, "bench-history": bench_history, "gpu-measured": gpu_measured,
-    "profile-step": profile_step,
+    "profile-step": profile_step, "rounding-runs": rounding_runs,
 }
 """KIND -> builder ``(results_dir, PATH, **options) -> markdown``."""
 

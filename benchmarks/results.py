@@ -190,6 +190,17 @@ def sweep_summary(root: Path, rel: str) -> str:
             if m.get("ci"):
                 out.append(f"- middle third minus outer thirds, paired over seeds: mean {m['mean']:+.3f}, 95% t "
                            f"interval [{m['ci'][0]:+.2f}, {m['ci'][1]:+.2f}] over {len(m['per_seed'])} seeds")
+        for target, e in report._inserted_comparison(results, d, a).items():
+            at = target.split("@", 1)[1]
+            parts = []
+            for key, label in ((f"minus_layer_{at}", f"layer {at}"), ("minus_full", "full"), ("minus_base", "base")):
+                c = e[key]
+                if c["mean"] is None:
+                    continue
+                ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c["ci"] else ""
+                parts.append(f"vs {label} {c['mean']:+.3f}{ci} (higher in {c['higher_in']} of {len(c['per_seed'])})")
+            out.append(f"- inserted block {target} (score {e['score_mean']:.4f} over {len(e['seeds'])} seeds), paired "
+                       f"per seed: {'; '.join(parts)}")
         c = change.get(f"{d}/{a}")
         if c and not np.isnan(c["pearson"]):
             out.append(f"- full-RL weight change vs contribution: Pearson {c['pearson']:.2f}, Spearman "

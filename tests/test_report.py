@@ -402,7 +402,9 @@ def test_inserted_block_is_compared_with_the_existing_block_full_and_base_paired
     assert e["minus_full"]["higher_in"] == 1  # 0.50 > 0.52 is false, 0.49 > 0.48 is true, 0.45 > 0.50 false
     md = (d / "report" / "report.md").read_text()
     assert "## Inserted blocks" in md and "| math (grpo) | insert@3 | 0.480 |" in md
-    from onelayer.benchmarks.results import sweep_summary  # RESULTS' table of the same sweep says it too
+    from onelayer.benchmarks.results import (
+        sweep_summary,  # RESULTS' table of the same sweep says it too
+    )
 
     line = next(x for x in sweep_summary(tmp_path, "sweep").splitlines() if x.startswith("- inserted block"))
     assert line.startswith("- inserted block insert@3 (score 0.4800 over 3 seeds), paired per seed: vs layer 3 +0.080 [")

@@ -199,7 +199,8 @@ def sweep_summary(root: Path, rel: str) -> str:
                     continue
                 ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c["ci"] else ""
                 parts.append(f"vs {label} {c['mean']:+.3f}{ci} (higher in {c['higher_in']} of {len(c['per_seed'])})")
-            out.append(f"- inserted block {target} (score {e['score_mean']:.4f} over {len(e['seeds'])} seeds), paired "
+            n = len(e["seeds"])
+            out.append(f"- inserted block {target} (score {e['score_mean']:.4f} over {n} seed{'s' * (n != 1)}), paired "
                        f"per seed: {'; '.join(parts)}")
         c = change.get(f"{d}/{a}")
         if c and not np.isnan(c["pearson"]):

@@ -42,7 +42,9 @@ def release_freed_memory() -> bool:
 
     The sampler's KV cache is freed when sampling ends, but glibc keeps most of it in the process's heap, so the
     update's allocations land on top of it and the step's peak resident memory is the sum of both phases'. After
-    the trim the update starts from the weights and what is live. The values computed are unchanged.
+    the trim the update starts from the weights and what is live. No computation changes; later allocations land
+    elsewhere, which (as with any change in what a process allocated before) can move float rounding in the
+    matmul kernels (results/RESULTS.md: the main job's full job under rounding).
     """
     fn = _malloc_trim()
     if fn is None:

@@ -35,8 +35,18 @@ def lr_dir(out: Path, lr: float) -> Path:
 
 
 def tune_spec(spec: SweepSpec) -> SweepSpec:
-    """The sweep settings of every grid point: base and full only (no single layers, no inserted block)."""
-    return dataclasses.replace(spec, layers="", insert_layer=None, insert_at=[], baseline=True, full=True)
+    """The sweep settings of every grid point: base and full only (no single layers, no inserted block), and no
+    per-domain ``lr`` in ``train`` (cpu-three-domains records its tuned lrs there; the grid sets the lr)."""
+    train = {k: ({o: v for o, v in opts.items() if o != "lr"} if isinstance(opts, dict) else opts)
+             for k, opts in spec.train.items()}
+    return dataclasses.replace(spec, layers="", insert_layer=None, insert_at=[], baseline=True, full=True,
+                               train=train)
+
+
+def preset_lr(spec: SweepSpec) -> float | None:
+    """The lr the spec gives its domains when they share one (a per-domain lr or ``lr``), else None."""
+    lrs = {spec.domain_lr(d) for d in spec.domains}
+    return lrs.pop() if len(lrs) == 1 else None
 
 
 def check_grid(lrs: list[float]) -> list[float]:

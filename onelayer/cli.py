@@ -402,6 +402,11 @@ def _sweep_spec(data: dict, flags: dict, suites: str | None):
     if given and isinstance(merged.get("train"), dict):  # --steps / --lr on the command line apply to every domain
         merged["train"] = {d: ({k: v for k, v in o.items() if k not in given} if isinstance(o, dict) else o)
                            for d, o in merged["train"].items()}
+    if flags.get("domains") is not None and flags.get("transfer_items") is None and merged.get("transfer_items"):
+        from onelayer.envs.domain import domain_spec  # a preset's item counts for domains --domains left out
+
+        names = {n for d in merged["domains"] for n in (d, domain_spec(d).name, domain_spec(d).env_id)}
+        merged["transfer_items"] = {k: v for k, v in merged["transfer_items"].items() if k in names}
     return SweepSpec.from_dict(merged)
 
 
@@ -519,7 +524,7 @@ def tune_lr_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No per-job progress bars."),
 ):
     """Full-parameter lr over a small grid on a sweep's budget (tune once, then use it for every job: the paper's rule)."""
-    from onelayer.benchmarks.tune_lr import RESULT_FILE, default_grid, run_tune_lr
+    from onelayer.benchmarks.tune_lr import RESULT_FILE, default_grid, preset_lr, run_tune_lr
     from onelayer.training.config import TrainConfig
 
     data: dict = {"seeds": [0]}
@@ -543,7 +548,8 @@ def tune_lr_cmd(
     elif previous:
         grid = previous["grid"]
     else:
-        grid = default_grid(spec.lr if spec.lr is not None else TrainConfig.lr)
+        lr = preset_lr(spec)
+        grid = default_grid(lr if lr is not None else TrainConfig.lr)
     record = run_tune_lr(spec, grid, out, progress=not quiet)
     typer.echo(record["table"])
     typer.echo(f"lr search: {out / RESULT_FILE}")

@@ -402,6 +402,19 @@ def test_command_line_steps_and_lr_apply_to_every_domain(tmp_path):
     assert "estimated: math" in res.output and "estimated: agentic" in res.output
 
 
+def test_narrowing_a_presets_domains_drops_its_item_counts_for_the_others(tmp_path):
+    from onelayer.cli import _sweep_spec
+
+    spec = _sweep_spec(preset_spec("cpu-three-domains"), {"domains": ["onelayer/Code-v0"]}, None)
+    assert spec.transfer_items == {"code": 64}
+    res = CliRunner().invoke(app, ["sweep", "--preset", "cpu-three-domains", "--domains", "code", "--out",
+                                   str(tmp_path / "sw"), "--dry-run"])
+    assert res.exit_code == 0, res.output  # was: "--transfer-items names 'agentic', which is not a swept domain"
+    res = CliRunner().invoke(app, ["sweep", "--preset", "cpu-three-domains", "--domains", "code", "--out",
+                                   str(tmp_path / "sw2"), "--transfer-items", "agentic=3", "--dry-run"])
+    assert res.exit_code == 2 and "not a swept domain" in res.output  # given on the command line: still an error
+
+
 def test_a_domains_own_options_may_change_until_its_first_job_ran(tmp_path):
     from onelayer.benchmarks.sweep import _check_identity, _write_spec
     from onelayer.benchmarks.sweep_results import JobResult, append_result

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from onelayer.benchmarks.sweep import SweepSpec
 from onelayer.benchmarks.sweep_results import JobResult, load_results
-from onelayer.benchmarks.tune_lr import check_grid, default_grid, summarize
+from onelayer.benchmarks.tune_lr import check_grid, default_grid, preset_lr, summarize, tune_spec
 from onelayer.cli import app
 from onelayer.errors import UserError
 
@@ -58,6 +58,22 @@ def test_grid_checks_and_default():
         with pytest.raises(UserError, match=needle):
             check_grid(bad)
     assert default_grid(3e-5) == [1e-5, 3e-5, 9e-5]
+
+
+def test_the_grid_lr_overrides_a_per_domain_lr_and_the_default_grid_centres_on_it():
+    # cpu-three-domains records each domain's lr in its own train options; a grid point must still train at its lr
+    import dataclasses
+
+    from onelayer.benchmarks.sweep import Job, job_train_config, preset_spec
+
+    spec = SweepSpec.from_dict({**preset_spec("cpu-three-domains"), "domains": ["code"]})
+    assert spec.domain_lr("code") == 1e-5 and preset_lr(spec) == 1e-5
+    point = dataclasses.replace(tune_spec(spec), lr=3e-4)
+    assert point.domain_lr("code") == 3e-4 and point.train["code"]["num_tasks"] == 4  # only the lr is dropped
+    cfg = job_train_config(point, Job("code", "grpo", 0, "full", "all"), Path("unused"))
+    assert cfg.lr == 3e-4
+    assert spec.train["code"]["lr"] == 1e-5  # the caller's spec is unchanged
+    assert preset_lr(SweepSpec.from_dict(preset_spec("cpu-three-domains"))) is None  # 1e-5, 1e-5 and 3e-5
 
 
 def _args(model_dir, out, lrs="1e-4,1e-2", extra=()):

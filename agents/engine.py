@@ -106,6 +106,69 @@ def _sample_rows(logits: torch.Tensor, params: SamplingParams, uniforms: torch.T
     return nxt, logprobs.gather(-1, nxt[:, None]).squeeze(-1)
 
 
+KV_GROWTH = 32
+"""Positions a RoomyLayer's buffers grow by when a decode step runs out of room (one copy per 32 steps)."""
+
+
+def roomy_cache(max_length: int):
+    """A transformers ``DynamicCache`` whose layers keep keys and values in buffers with room to grow: a decode step
+    writes its token in place instead of concatenating (copying) the whole cache, which ``DynamicLayer`` does on
+    every step (9% of the default model's sampling in results/profile_step.json). ``max_length`` caps the room
+    (prompt width + max new tokens). The keys and values attention reads are the same numbers, as views."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        _kbuf: torch.Tensor | None = None
+        _vbuf: torch.Tensor | None = None
+        _len = 0
+
+        def _intact(self) -> bool:
+            """The layer's keys are still the view update() made (crop or reorder from outside replaces them)."""
+            kb = self._kbuf
+            return (kb is not None and self.keys is not None and self.keys.data_ptr() == kb.data_ptr()
+                    and tuple(self.keys.shape) == (kb.shape[0], kb.shape[1], self._len, kb.shape[3]))
+
+        def _allocate(self, rows: torch.Tensor | None, like: torch.Tensor, room: int) -> None:
+            """Buffers of ``room`` positions holding the current keys/values (of ``rows`` only, when given)."""
+            keep = self._len if self._intact() else (0 if self.keys is None or self.keys.numel() == 0
+                                                   else self.keys.shape[-2])
+            k, v = (self.keys, self.values) if keep else (None, None)
+            if k is not None and rows is not None:
+                k, v = k[rows], v[rows]
+            b = like.shape[0] if k is None else k.shape[0]
+            self._kbuf = like.new_empty((b, like.shape[1], max(room, keep), like.shape[3]))
+            self._vbuf = like.new_empty((b, like.shape[1], max(room, keep), like.shape[3]))
+            if keep:
+                self._kbuf[:, :, :keep] = k
+                self._vbuf[:, :, :keep] = v
+            self._len = keep
+            self.keys, self.values = self._kbuf[:, :, :keep], self._vbuf[:, :, :keep]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = key_states.shape[-2]
+            if not self._intact() or self._len + n > self._kbuf.shape[2]:
+                have = self._len if self._intact() else (0 if self.keys is None or self.keys.numel() == 0
+                                                         else self.keys.shape[-2])
+                self._allocate(None, key_states, max(have + n, min(max_length, have + n + KV_GROWTH)))
+                self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+            end = self._len + n
+            self._kbuf[:, :, self._len:end] = key_states
+            self._vbuf[:, :, self._len:end] = value_states
+            self._len = end
+            self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if not self._intact():
+                return super().batch_select_indices(indices)
+            self._allocate(indices, self._kbuf, self._kbuf.shape[2])  # copies the filled positions only
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = RoomyLayer
+    return cache
+
+
 def group_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """Distinct prompts (first-seen order) and, for every prompt, the index of its distinct one."""
     first: dict[tuple[int, ...], int] = {}
@@ -137,7 +200,9 @@ class HFEngine:
     ``compact_fraction`` of it (a cache copy costs about as much as a few decode
     steps of dead rows). Neither changes what is computed for a live row, so
     greedy tokens equal those of the plain path (``share_prefix=False,
-    compact_fraction=0``) and of ``model.generate``.
+    compact_fraction=0``) and of ``model.generate``. The KV cache grows in
+    place (``roomy_cache``: no per-step copy of the whole cache; ``False``:
+    transformers' ``DynamicCache``), with the same numbers.
 
     ``capture_block = l`` (the trainer sets it while sampling for an update that
     trains only blocks >= l) keeps, for every generation, the hidden states that
@@ -148,8 +213,9 @@ class HFEngine:
     capture_block: int | None = None
 
     def __init__(self, model, tokenizer, max_batch_size: int = 64, share_prefix: bool = True,
-                 compact_fraction: float = 0.25):
+                 compact_fraction: float = 0.25, roomy_cache: bool = True):
         self.model = model
+        self.roomy_cache = roomy_cache
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
@@ -232,7 +298,7 @@ class HFEngine:
             full_mask[i, : width - len(p)] = 0
         ids, full_mask = ids.to(device), full_mask.to(device)
         positions = (full_mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = roomy_cache(width + params.max_new_tokens) if self.roomy_cache else DynamicCache()
         logits = self._forward(ids, full_mask[:, :width], positions, cache)
         step_pos = positions[:, -1:] + 1
         # Captured states per original row: its prompt's prefill rows, then one row per token fed back.

@@ -403,8 +403,9 @@ def _sweep_spec(data: dict, flags: dict, suites: str | None):
         merged["train"] = {d: ({k: v for k, v in o.items() if k not in given} if isinstance(o, dict) else o)
                            for d, o in merged["train"].items()}
     if flags.get("domains") is not None and flags.get("transfer_items") is None and merged.get("transfer_items"):
-        from onelayer.envs.domain import domain_spec  # a preset's item counts for domains --domains left out
+        from onelayer.envs.domain import domain_spec
 
+        # a preset's item counts for the domains --domains left out go
         names = {n for d in merged["domains"] for n in (d, domain_spec(d).name, domain_spec(d).env_id)}
         merged["transfer_items"] = {k: v for k, v in merged["transfer_items"].items() if k in names}
     return SweepSpec.from_dict(merged)

@@ -100,3 +100,59 @@ def test_sampled_tokens_and_logprobs_are_the_inverse_cdf_draw_of_the_tempered_so
         ref = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp(max=4095)
     assert nxt.shape == (40,) and torch.equal(nxt, ref)
     assert torch.equal(lp, ref_lp.gather(-1, ref[:, None]).squeeze(-1))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+def test_the_in_place_kv_cache_gives_the_same_tokens_logprobs_and_captured_states(arch, tokenizer, monkeypatch):
+    # 70 new tokens: the buffers grow twice (KV_GROWTH 32); shared prompts, rows finishing early and compaction
+    import onelayer.agents.engine as engine_mod
+
+    model = build_tiny(arch, tokenizer, seed=5)
+    builder = PromptBuilder.for_domain(tokenizer, "math")
+    prompts = [builder.encode(q) for q in ["What is 2 + 2?", "x", "Name a colour, any colour."]] * 3
+    made = []
+    real = engine_mod.roomy_cache
+    monkeypatch.setattr(engine_mod, "roomy_cache", lambda n: made.append(n) or real(n))
+    out = {}
+    for roomy in (True, False):
+        engine = HFEngine(model, tokenizer, max_batch_size=8, compact_fraction=0.1, roomy_cache=roomy)
+        engine.capture_block = 2
+        for temp in (0.0, 1.0):
+            gens = engine.generate(prompts, SamplingParams(max_new_tokens=70, temperature=temp, seed=4))
+            out[roomy, temp] = [(g.token_ids, g.logprobs, g.finish_reason, g.hidden) for g in gens]
+    assert made and len(made) == 4  # 2 micro-batches x 2 temperatures used the in-place cache; the rest did not
+    for temp in (0.0, 1.0):
+        for a, b in zip(out[True, temp], out[False, temp]):
+            assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+            assert torch.equal(a[3], b[3])
+    assert max(len(t[0]) for t in out[True, 1.0]) > 64 or max(len(t[0]) for t in out[True, 0.0]) > 64
+
+
+def test_the_in_place_kv_layer_grows_selects_rows_and_survives_outside_edits():
+    from onelayer.agents.engine import KV_GROWTH, roomy_cache
+
+    cache = roomy_cache(100)
+    k = torch.randn(3, 2, 5, 4)
+    v = torch.randn(3, 2, 5, 4)
+    keys, vals = cache.update(k, v, 0)
+    assert torch.equal(keys, k) and torch.equal(vals, v)
+    layer = cache.layers[0]
+    assert layer._kbuf.shape[2] == 5 + KV_GROWTH and cache.get_seq_length() == 5
+    steps = [torch.randn(3, 2, 1, 4) for _ in range(KV_GROWTH + 3)]
+    for s in steps:
+        keys, _ = cache.update(s, s, 0)
+    want = torch.cat([k, *steps], dim=2)
+    assert torch.equal(keys, want) and cache.get_seq_length() == want.shape[2]
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(cache.layers[0].keys, want[[2, 0]])
+    nxt = torch.randn(2, 2, 1, 4)
+    keys, _ = cache.update(nxt, nxt, 0)
+    assert torch.equal(keys, torch.cat([want[[2, 0]], nxt], dim=2))
+    layer.keys, layer.values = layer.keys[..., :3, :], layer.values[..., :3, :]  # a crop from outside
+    keys, _ = cache.update(nxt, nxt, 0)
+    assert torch.equal(keys, torch.cat([want[[2, 0], :, :3], nxt], dim=2))
+    big = roomy_cache(6)
+    big.update(k, v, 0)
+    assert big.layers[0]._kbuf.shape[2] == 6  # room capped at max_length
+    keys, _ = big.update(torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), 0)
+    assert keys.shape[2] == 9  # past the cap: it still grows

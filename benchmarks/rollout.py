@@ -79,8 +79,12 @@ def logprob_mismatch(model, prompts: list[list[int]], gens) -> dict:
 
 
 def make_bench_engine(name: str, model, tokenizer, max_batch_size: int):
-    """An engine as the trainer builds it; for llamacpp the middle layer is trainable (fp32 in its GGUF)."""
-    from onelayer.agents.engine import make_engine
+    """An engine as the trainer builds it; for llamacpp the middle layer is trainable (fp32 in its GGUF).
+    ``hf-dynamic``: the HF engine with transformers' concatenating ``DynamicCache`` (the in-place cache's baseline)."""
+    from onelayer.agents.engine import HFEngine, make_engine
+
+    if name == "hf-dynamic":
+        return HFEngine(model, tokenizer, max_batch_size=max_batch_size, roomy_cache=False)
 
     if name == "llamacpp":
         mid = f"model.layers.{model.config.num_hidden_layers // 2}."
@@ -158,7 +162,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch-sizes", default="1,8,64")
-    ap.add_argument("--engines", default="hf,llamacpp")
+    ap.add_argument("--engines", default="hf,llamacpp", help="hf, hf-dynamic, llamacpp, vllm")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/rollout.json")

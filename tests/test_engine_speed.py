@@ -109,3 +109,15 @@ def test_collector_gives_the_same_trajectories_with_alfworld_workers(tokenizer, 
         pooled = run(vec)
     assert pooled == serial
     assert all(len(t[3]) == 3 for t in serial)
+
+
+def test_rollout_bench_times_the_in_place_cache_next_to_the_concatenating_one(tokenizer):
+    from onelayer.benchmarks.rollout import measure
+
+    model = build_tiny("qwen3", tokenizer, seed=3)
+    result = measure(model, tokenizer, [2, 8], ["hf", "hf-dynamic"], max_new_tokens=6, repeats=1)
+    rows = {(r["engine"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(e, b) for e in ("generate", "hf", "hf-dynamic") for b in (2, 8)}
+    for b in (2, 8):  # same seeds, same numbers: the same tokens come out of both caches
+        assert rows["hf", b]["tokens"] == rows["hf-dynamic", b]["tokens"] > 0
+        assert rows["hf", b]["tokens_per_s"] > 0 and rows["generate", b]["speedup_vs_generate"] == 1.0

@@ -800,6 +800,8 @@ PRESETS: dict[str, dict] = {
     # tuned once with tune-lr (results/tune/), every job scored on every domain's in-domain suite (transfer; the
     # other domains' jobs score code and ALFWorld on fewer items, transfer_items: the full counts made a math job's
     # transfer evaluations three quarters of its time).
+    # Tuned so far (seed 0, this budget): math 1e-5 (results/tune/cpu-math-demo), code 1e-5
+    # (results/tune/cpu-three-domains-code); agentic's 3e-5 is not yet tuned (it may change until its first job).
     # Runs its domains one after another; resumable; docs/sweeps.md has its measured cost.
     "cpu-three-domains": dict(
         domains=["math", "code", "agentic"], algos=["grpo"], layers="0,6,12,15,22,29", seeds=[0, 1, 2], steps=10,

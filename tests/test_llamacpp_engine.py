@@ -212,3 +212,34 @@ def test_llamacpp_engine_is_registered_and_reports_bad_names(tiny_llama, tokeniz
     with pytest.raises(UserError, match="cannot place tensor"):
         lc.sync_weights([("model.layers.0.adapter.weight", torch.zeros(2, 2))])
     lc.close()
+
+
+def test_extra_buffer_types_are_off_on_a_cpu_with_amx():
+    from onelayer.agents.llamacpp_engine import use_extra_buffers
+
+    assert use_extra_buffers("CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | LLAMAFILE = 1 | REPACK = 1 |")
+    assert not use_extra_buffers("CPU : AVX512 = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | REPACK = 1 |")
+
+
+@pytest.mark.slow  # the default model's GGUF copies (~1 min on 2 cores)
+def test_the_default_model_decodes_batches_on_both_copies():
+    # On an AMX Xeon llama.cpp's AMX buffers crashed the process at batch 8 on the 4-bit copy: the engine must decode
+    # every batch size the trainer sends on this machine, with the HF engine's log-probs within the 4-bit tolerance.
+    from onelayer.agents.llamacpp_engine import LlamaCppEngine
+    from onelayer.agents.models import load_model
+    from onelayer.benchmarks.rollout import bench_prompts, logprob_mismatch
+
+    model, tok, _ = load_model("smollm2-135m", "cpu")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith("model.layers.15."))
+    engine = LlamaCppEngine(model, tok, max_batch_size=64)
+    try:
+        for batch in (1, 8, 16):  # 1 and 8 on the 4-bit copy, 16 on the bf16 one
+            prompts = bench_prompts(tok, batch)
+            gens = engine.generate(prompts, SamplingParams(24, 1.0, 1.0, batch))
+            assert len(gens) == batch and all(g.token_ids for g in gens)
+            with torch.no_grad():
+                m = logprob_mismatch(model, prompts, gens)
+            assert m["mean_abs"] < 0.05 and m["max_abs"] < 0.5, (batch, m)
+    finally:
+        engine.close()

@@ -30,3 +30,23 @@ def describe_machine(packages: tuple[str, ...] = ()) -> dict:
         except md.PackageNotFoundError:
             info[pkg] = None
     return info
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` of /proc/self/status on Linux, else ``ru_maxrss``.
+
+    Not ``ru_maxrss`` where /proc exists: Linux folds the address space a process had before ``exec`` into it, so a
+    process started from a large parent (``onelayer bench`` after its rollout section: 2.3 GB) reports the parent's
+    size as its own peak. ``VmHWM`` belongs to the address space ``exec`` made."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

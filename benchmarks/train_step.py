@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 
-from onelayer.benchmarks.machine import describe_machine
+from onelayer.benchmarks.machine import describe_machine, peak_rss_bytes
 
 
 def matmul_gflops(seconds: float = 2.0) -> float:
@@ -148,8 +147,7 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     shutil.rmtree(cfg.out, ignore_errors=True)
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
     steps = [s for t in trajs for s in t.steps]
     rows = rows_from(trajs, adv)
     tokens, head_tokens = (cfg.num_iterations * n for n in forwarded_tokens(

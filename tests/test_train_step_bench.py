@@ -56,3 +56,21 @@ def test_profile_puts_every_op_of_both_phases_under_one_kind(tiny_model_dirs, mo
         assert 0.3 * p["wall_s"] <= total <= 1.1 * p["wall_s"], (name, total, p["wall_s"])
         assert p["by_kind_s"]["matmul"] > 0 and p["flops"] > 0 and p["tokens"] > 0
     assert phases["update"]["by_kind_s"]["optimizer"] > 0
+
+
+def test_peak_memory_is_the_process_own_not_its_large_parents():
+    # Linux keeps the pre-exec address space's size in ru_maxrss: train_step processes started by `onelayer bench`
+    # after it had loaded the model all reported the bench's 2.3 GB as their peak.
+    import subprocess
+    import sys
+
+    import torch
+
+    from onelayer.benchmarks.machine import peak_rss_bytes
+
+    big = torch.ones(200 * 2**20)  # 800 MB, touched, in this (the parent) process
+    assert peak_rss_bytes() >= big.numel() * 4
+    out = subprocess.run([sys.executable, "-c", "from onelayer.benchmarks.machine import peak_rss_bytes; "
+                          "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 400 * 2**20, int(out.stdout) / 2**20  # the child's own peak: an interpreter
+    del big

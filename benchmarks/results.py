@@ -1002,6 +1002,18 @@ def profile_step(root: Path, rel: str) -> str:
     return "\n".join(out)
 
 
+def probe_check(root: Path, rel: str, probe: str) -> str:
+    """A probe's layer scores against a sweep's measured ``C_l`` (what ``onelayer report SWEEP --probe PROBE``
+    prints): per method Spearman and Kendall with bootstrap CIs over the sweep's seeds, the permutation p-value,
+    top-K overlaps and the probe's cost as a fraction of the sweep."""
+    from onelayer.benchmarks.report import probe_agreement, probe_markdown
+
+    _, meta, results = _sweep(root, rel)
+    agreement = probe_agreement(results, meta, _path(root, probe, "a probe directory"))
+    agreement["probe_dir"] = probe
+    return probe_markdown(agreement).rstrip()
+
+
 BUILDERS: dict[str, Callable[..., str]] = {
     "sweep-summary": sweep_summary, "sweep-jobs": sweep_jobs, "sweep-scales": sweep_scales, "tune": tune,
     "compare": compare, "compare-runs": compare_runs,
@@ -1010,7 +1022,7 @@ BUILDERS: dict[str, Callable[..., str]] = {
     "study-cost": study_cost, "lr-probes": lr_probes,
     "train-step": train_step, "bench-rollout": bench_rollout, "bench-alfworld": bench_alfworld,
     "alfworld-steps": alfworld_steps, "bench-history": bench_history, "gpu-measured": gpu_measured,
-    "profile-step": profile_step, "rounding-runs": rounding_runs,
+    "profile-step": profile_step, "rounding-runs": rounding_runs, "probe-check": probe_check,
 }
 """KIND -> builder ``(results_dir, PATH, **options) -> markdown``."""
 

@@ -320,6 +320,21 @@ def test_report_probe_gives_the_known_correlations_overlaps_and_cost(tmp_path):
     assert "| fisher | 0.943 [" in (sweep / "report" / "summary.txt").read_text()
 
 
+def test_the_results_probe_check_table_is_the_reports_with_the_stored_paths(tmp_path):
+    from onelayer.benchmarks.report import probe_agreement, probe_markdown
+    from onelayer.benchmarks.results import _sweep, probe_check
+
+    _sweep_store(tmp_path)
+    c = [(np.mean(LAYER[i]) - BASE) / (np.mean(FULL) - BASE) for i in range(6)]
+    _synthetic(tmp_path, model="tiny", num_layers=6, scores={"grad-rel": c, "skip": [-v for v in c]})
+    text = probe_check(tmp_path, "sweep", "probe")
+    assert text.startswith("probe probe (tiny, math, seed ")  # the stored relative path, not this machine's
+    assert "| grad-rel | 1.000 [1.00, 1.00] |" in text and "| skip | -1.000 [-1.00, -1.00] |" in text
+    _, meta, results = _sweep(tmp_path, "sweep")
+    direct = probe_markdown({**probe_agreement(results, meta, tmp_path / "probe"), "probe_dir": "probe"})
+    assert text == direct.rstrip()  # same numbers as `onelayer report --probe`, bootstrap included
+
+
 def _report_keys(sweep):
     write_report(sweep)
     return json.loads((sweep / "report" / "numbers.json").read_text())

@@ -201,12 +201,13 @@ def probe_settings(env: str | None, *, model: str | None = None, preset: str | N
 
 # ----------------------------------------------------------------------------- gradients
 def row_logprobs(trainer):
-    """The policy's log-probs over update rows, computed as the trainer's update computes them (training/rows.py)."""
+    """The policy's log-probs over update rows, computed as the trainer's update computes them (training/rows.py),
+    a group's responses packed after one copy of their prompt when the run does (``share_prompts``, the default)."""
     from onelayer.training.rows import RowLogprobs
 
     c = trainer.config
     return RowLogprobs(trainer.model, trainer.engine.pad_id, scoring=trainer.scoring, temperature=c.temperature,
-                       chunk_size=c.logprob_chunk_size)
+                       chunk_size=c.logprob_chunk_size, share_prompts=c.share_prompts)
 
 
 def accumulate_policy_gradient(logprobs, rows, config) -> None:

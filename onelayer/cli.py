@@ -608,7 +608,7 @@ def probe_cmd(
     env: Optional[str] = typer.Option(None, "--env", help="Env id or domain to probe (e.g. onelayer/Math-v0); default: the preset's only domain."),
     model: Optional[str] = typer.Option(None, "--model", help="Model (HF id, dir, .gguf, smollm2-135m); default: the preset's, else smollm2-135m."),
     suite: Optional[str] = typer.Option(None, "--suite", help="In-domain suite the skip damage is measured on (default: the env's, or the preset's)."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of grad-rel, grad-norm, fisher, lookahead, skip (default: all)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma list of lookahead, grad-rel, grad-norm, fisher, skip (default: all; the first listed is the recommended)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled batches (the sweep job's seed: batch 1 is its first step's)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Take the sweep preset's settings (model, algorithm, lr, train options, suites): the sweep the probe replaces."),
     algo: Optional[str] = typer.Option(None, "--algo", help="gigpo, grpo or drgrpo (default: the preset's, else gigpo as sweeps)."),

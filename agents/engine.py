@@ -123,6 +123,12 @@ def roomy_cache(max_length: int):
         _vbuf: torch.Tensor | None = None
         _len = 0
 
+        def _filled(self) -> int:
+            """Positions the layer holds (the buffers' filled part, or the keys put there from outside)."""
+            if self._intact():
+                return self._len
+            return 0 if self.keys is None or self.keys.numel() == 0 else self.keys.shape[-2]
+
         def _intact(self) -> bool:
             """The layer's keys are still the view update() made (crop or reorder from outside replaces them)."""
             kb = self._kbuf
@@ -131,8 +137,7 @@ def roomy_cache(max_length: int):
 
         def _allocate(self, rows: torch.Tensor | None, like: torch.Tensor, room: int) -> None:
             """Buffers of ``room`` positions holding the current keys/values (of ``rows`` only, when given)."""
-            keep = self._len if self._intact() else (0 if self.keys is None or self.keys.numel() == 0
-                                                   else self.keys.shape[-2])
+            keep = self._filled()
             k, v = (self.keys, self.values) if keep else (None, None)
             if k is not None and rows is not None:
                 k, v = k[rows], v[rows]
@@ -148,8 +153,7 @@ def roomy_cache(max_length: int):
         def update(self, key_states, value_states, *args, **kwargs):
             n = key_states.shape[-2]
             if not self._intact() or self._len + n > self._kbuf.shape[2]:
-                have = self._len if self._intact() else (0 if self.keys is None or self.keys.numel() == 0
-                                                         else self.keys.shape[-2])
+                have = self._filled()
                 self._allocate(None, key_states, max(have + n, min(max_length, have + n + KV_GROWTH)))
                 self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
             end = self._len + n

@@ -32,12 +32,8 @@ def describe_machine(packages: tuple[str, ...] = ()) -> dict:
     return info
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: ``VmHWM`` of /proc/self/status on Linux, else ``ru_maxrss``.
-
-    Not ``ru_maxrss`` where /proc exists: Linux folds the address space a process had before ``exec`` into it, so a
-    process started from a large parent (``onelayer bench`` after its rollout section: 2.3 GB) reports the parent's
-    size as its own peak. ``VmHWM`` belongs to the address space ``exec`` made."""
+def vmhwm_bytes() -> int | None:
+    """``VmHWM`` of /proc/self/status (Linux: the peak RSS since exec or the last clear_refs reset), else None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -45,6 +41,18 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` on Linux, else ``ru_maxrss``.
+
+    Not ``ru_maxrss`` where /proc exists: Linux folds the address space a process had before ``exec`` into it, so a
+    process started from a large parent (``onelayer bench`` after its rollout section: 2.3 GB) reports the parent's
+    size as its own peak. ``VmHWM`` belongs to the address space ``exec`` made."""
+    hwm = vmhwm_bytes()
+    if hwm is not None:
+        return hwm
     import resource
     import sys
 

@@ -389,13 +389,10 @@ def _reset_peak_memory() -> None:
 def _peak_memory_mb() -> float | None:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    from onelayer.benchmarks.machine import vmhwm_bytes
+
+    hwm = vmhwm_bytes()
+    return None if hwm is None else hwm / 2**20
 
 
 def _weights_sha(path: Path) -> str | None:

@@ -852,7 +852,13 @@ def train_step(root: Path, rel: str, section: str | None = None) -> str:
             f"{verdict(abs(mid['sampling_vs_all'] - 1) <= tt['middle_sampling'])})"]
     gflops = data.get("matmul_gflops")
     if gflops:
-        out.append(f"- floor: the update's matmul FLOPs over this machine's measured fp32 matmul throughput, "
+        from onelayer.benchmarks.train_step import _dtype_name
+
+        dt = _dtype_name(data)
+        if dt != "fp32":
+            out.append(f"- the model computes in {dt} (`--dtype {data['dtype']}`; the trained tensors and their optimizer "
+                       "state stay fp32)")
+        out.append(f"- floor: the update's matmul FLOPs over this machine's measured {dt} matmul throughput, "
                    f"{gflops:.1f} GFLOP/s; `of floor` = floor / measured")
     sampled = [r for r in rows if "sampling_flops" in r]
     if sampled and gflops:

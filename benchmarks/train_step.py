@@ -2,9 +2,12 @@
 
     python -m onelayer.benchmarks.train_step [--model smollm2-135m] [--out results/train_step.json]
     python -m onelayer.benchmarks.train_step --preset cpu-three-domains --domain agentic --layers 15,all
+    python -m onelayer.benchmarks.train_step --preset cpu-three-domains --domain agentic --layers 15,all --dtype bfloat16
 
 ``--preset``/``--domain`` take a sweep preset's train options for that domain (batch, lengths, env, action
-format) instead of ``onelayer train``'s defaults on Math-v0; ``--layers`` picks the selections.
+format) instead of ``onelayer train``'s defaults on Math-v0; ``--layers`` picks the selections; ``--dtype`` is
+``onelayer train --dtype`` (default ``auto``: fp32 on CPU; ``bfloat16`` runs the model in bf16 with fp32 trained
+tensors, and the floor is then taken at the machine's bf16 matmul throughput).
 
 For the first, a middle and the last layer and ``all``, each in a fresh process
 (``ru_maxrss`` is a process's high-water mark) with ``onelayer train``'s default
@@ -44,9 +47,9 @@ import torch
 from onelayer.benchmarks.machine import describe_machine, peak_rss_bytes
 
 
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """This machine's fp32 matmul throughput (GFLOP/s) on the model's shapes: (4096 x 576) @ (576 x 1536)."""
-    a, b = torch.randn(4096, 576), torch.randn(576, 1536)
+def matmul_gflops(seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul throughput (GFLOP/s, fp32 unless ``dtype``) on the model's shapes: (4096 x 576) @ (576 x 1536)."""
+    a, b = torch.randn(4096, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
     torch.mm(a, b)  # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -105,30 +108,31 @@ def forwarded_tokens(rows, share_prompts: bool, micro_batch_size: int, skip_sile
 
 
 def _config(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, device: str, preset: str | None,
-            domain: str):
+            domain: str, dtype: str = "auto"):
     from onelayer.training.config import TrainConfig
 
     out = f"/tmp/onelayer-bench-{os.getpid()}"
     if preset is None:
         return TrainConfig(model=model_spec, layers=layers, out=out, steps=1, num_tasks=num_rollouts // 8,
-                           num_generations=8, max_new_tokens=response_tokens, device=device)
+                           num_generations=8, max_new_tokens=response_tokens, device=device, dtype=dtype)
     from onelayer.benchmarks.sweep import SweepSpec, preset_spec
 
     spec = SweepSpec.from_dict(preset_spec(preset))
     opts = {k: v for k, v in spec.train_options(domain).items() if k not in ("steps",)}
-    opts.update(model=model_spec, layers=layers, out=out, steps=1, device=device, lr=spec.domain_lr(domain), eval_size=0)
+    opts.update(model=model_spec, layers=layers, out=out, steps=1, device=device, lr=spec.domain_lr(domain), eval_size=0,
+                dtype=dtype)
     return TrainConfig.from_dict(opts, where=f"preset {preset} domain {domain}")
 
 
 def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: int, repeats: int, device: str,
-            preset: str | None = None, domain: str = "math", sample_repeats: int = 1) -> dict:
+            preset: str | None = None, domain: str = "math", sample_repeats: int = 1, dtype: str = "auto") -> dict:
     """One selection in this process: sample a batch with the trainer's engine, run ``repeats`` updates."""
     import shutil
 
     from onelayer.training.rows import rows_from
     from onelayer.training.trainer import Trainer
 
-    cfg = _config(model_spec, layers, num_rollouts, response_tokens, device, preset, domain)
+    cfg = _config(model_spec, layers, num_rollouts, response_tokens, device, preset, domain, dtype)
     shutil.rmtree(cfg.out, ignore_errors=True)
     trainer = Trainer(cfg)
     samples = []
@@ -164,10 +168,16 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
             "flops": update_flops(trainer.model, layers, tokens, head_tokens)}
 
 
+def _dtype_name(result: dict) -> str:
+    """The compute dtype of a stored result as the floor's text names it (results before --dtype: fp32)."""
+    name = result.get("dtype", "float32")
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
 def print_table(result: dict) -> None:
     """The table of a stored result: sampling and update seconds, the floor and peak memory, each against ``all``."""
     threads = result.get("machine", {}).get("threads", "?")
-    print(f"matmul throughput: {result['matmul_gflops']:.1f} GFLOP/s (fp32, {threads} threads)")
+    print(f"matmul throughput: {result['matmul_gflops']:.1f} GFLOP/s ({_dtype_name(result)}, {threads} threads)")
     print(f"{'layers':>6} {'trainable':>11} {'sample s':>8} {'x all':>5} {'update s':>8} {'x all':>5} "
           f"{'floor s':>7} {'of floor':>8} {'peak MiB':>8} {'x all':>5}")
     for r in result["rows"]:
@@ -186,13 +196,14 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default=None, help="take this sweep preset's train options for --domain")
     ap.add_argument("--domain", default="math")
     ap.add_argument("--layers", default=None, help="comma list of selections (default: first, middle, last, all)")
+    ap.add_argument("--dtype", default="auto", help="onelayer train --dtype: auto (fp32 on CPU), float32, bfloat16")
     ap.add_argument("--sample-repeats", type=int, default=3, help="samplings of the same batch (median reported)")
     ap.add_argument("--out", default="results/train_step.json")
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one is not None:  # child process: one selection, fresh memory high-water mark
         print(json.dumps(measure(args.model, args._one, args.rollouts, args.response_tokens, args.repeats, args.device,
-                                 args.preset, args.domain, args.sample_repeats)))
+                                 args.preset, args.domain, args.sample_repeats, args.dtype)))
         return
     from onelayer.agents.models import load_model
 
@@ -202,12 +213,17 @@ def main(argv=None) -> None:
     if "all" not in selections:
         selections.append("all")  # the ratios' reference
     load_before = [round(x, 2) for x in os.getloadavg()]  # a busy machine makes every ratio noise
-    gflops = matmul_gflops()
+    from onelayer.agents.models import choose_dtype
+
+    compute = choose_dtype(args.dtype, torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu"
+                                                    else "cpu"))
+    gflops = matmul_gflops(dtype=compute)
     rows = []
     for sel in selections:
         cmd = [sys.executable, "-m", "onelayer.benchmarks.train_step", "--model", args.model, "--rollouts", str(args.rollouts),
                "--response-tokens", str(args.response_tokens), "--repeats", str(args.repeats), "--device", args.device,
-               "--domain", args.domain, "--sample-repeats", str(args.sample_repeats), "--_one", sel]
+               "--domain", args.domain, "--sample-repeats", str(args.sample_repeats), "--dtype", args.dtype,
+               "--_one", sel]
         if args.preset:
             cmd += ["--preset", args.preset]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -227,7 +243,8 @@ def main(argv=None) -> None:
     result = {"command": "python -m onelayer.benchmarks.train_step " + " ".join(argv or sys.argv[1:]),
               "machine": describe_machine(), "model": args.model, "rollouts": args.rollouts,
               "preset": args.preset, "domain": args.domain if args.preset else "math",
-              "response_tokens": args.response_tokens, "matmul_gflops": gflops, "load_before": load_before,
+              "response_tokens": args.response_tokens, "dtype": str(compute).removeprefix("torch."),
+              "matmul_gflops": gflops, "load_before": load_before,
               "rows": rows}
     from onelayer.io import atomic_write_json
 

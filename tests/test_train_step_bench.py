@@ -74,3 +74,32 @@ def test_peak_memory_is_the_process_own_not_its_large_parents():
                           "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
     assert int(out.stdout) < 400 * 2**20, int(out.stdout) / 2**20  # the child's own peak: an interpreter
     del big
+
+
+def test_dtype_reaches_the_trainer_and_the_table_names_it(tiny_model_dirs, tmp_path):
+    """``--dtype bfloat16``: the trainer's model computes in bf16 with its trained block in fp32, in both the default
+    and a preset's configuration, and the results table says which throughput the floor used."""
+    import json
+
+    import torch
+
+    from onelayer.benchmarks import results as res
+    from onelayer.benchmarks.train_step import _config, measure
+    from onelayer.training.trainer import Trainer
+
+    assert _config("m", "15", 16, 8, "cpu", None, "math", "bfloat16").dtype == "bfloat16"
+    assert _config("m", "15", 16, 8, "cpu", "cpu-three-domains", "agentic", "bfloat16").dtype == "bfloat16"
+    assert _config("m", "15", 16, 8, "cpu", "cpu-three-domains", "agentic").dtype == "auto"
+    cfg = _config(str(tiny_model_dirs["qwen3"]), "1", 16, 8, "cpu", None, "math", "bfloat16")
+    cfg.out = str(tmp_path / "run")
+    trainer = Trainer(cfg)
+    kinds = {n.split(".")[2] if ".layers." in n else "other": p.dtype for n, p in trainer.model.named_parameters()}
+    assert kinds["1"] == torch.float32 and kinds["0"] == torch.bfloat16 and kinds["other"] == torch.bfloat16
+    row = measure(str(tiny_model_dirs["qwen3"]), "1", 16, 8, 1, "cpu", dtype="bfloat16")
+    assert row["step_s"] > 0 and row["sampling_s"] > 0 and row["sampler_captured"]
+    row.update(time_vs_all=1.0, sampling_vs_all=1.0, memory_vs_all=1.0, floor_s=1.0, floor_fraction=1.0, layers="all")
+    (tmp_path / "ts.json").write_text(json.dumps({"dtype": "bfloat16", "matmul_gflops": 500.0, "rows": [row]}))
+    table = res.train_step(tmp_path, "ts.json")
+    assert "computes in bf16" in table and "measured bf16 matmul throughput, 500.0" in table
+    (tmp_path / "ts.json").write_text(json.dumps({"matmul_gflops": 500.0, "rows": [row]}))  # stored before --dtype
+    assert "measured fp32 matmul" in res.train_step(tmp_path, "ts.json")

@@ -9,7 +9,7 @@ the ratio itself carries no bf16/fp32 mismatch; these bounds say how different a
 import pytest
 import torch
 
-from onelayer.agents.engine import HFEngine
+from onelayer.agents.engine import HFEngine, SamplingParams
 from onelayer.agents.models import load_model
 
 # Measured on an AVX-512 + AMX Xeon (2026-12-04): response tokens mean 0.035, max 0.63 nats (one improbable sampled
@@ -43,8 +43,6 @@ def test_response_token_logprobs_of_bf16_stay_near_fp32(pair):
     m32, m16, tok = pair
     assert next(m16.parameters()).dtype == torch.bfloat16
     engine = HFEngine(m32, tok, max_batch_size=8)
-    from onelayer.agents.engine import SamplingParams
-
     prompts = [_chat(tok, t) for t in ("What is 17 + 25? Put the answer in \\boxed{}.",
                                         "Compute 6 * 7 - 5. Answer with a number.",
                                         "Write a Python function add(a, b) that returns the sum of a and b.",

@@ -93,6 +93,8 @@ def choose_device(device: str = "auto") -> torch.device:
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+DTYPE_NAMES = tuple(_DTYPES)
+"""The dtype names ``--dtype`` takes besides ``auto``."""
 
 
 def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -852,9 +852,9 @@ def train_step(root: Path, rel: str, section: str | None = None) -> str:
             f"{verdict(abs(mid['sampling_vs_all'] - 1) <= tt['middle_sampling'])})"]
     gflops = data.get("matmul_gflops")
     if gflops:
-        from onelayer.benchmarks.train_step import _dtype_name
+        from onelayer.benchmarks.train_step import dtype_label
 
-        dt = _dtype_name(data)
+        dt = dtype_label(data)
         if dt != "fp32":
             out.append(f"- the model computes in {dt} (`--dtype {data['dtype']}`; the trained tensors and their optimizer "
                        "state stay fp32)")

@@ -44,6 +44,7 @@ import time
 
 import torch
 
+from onelayer.agents.models import DTYPE_NAMES
 from onelayer.benchmarks.machine import describe_machine, peak_rss_bytes
 
 
@@ -168,7 +169,7 @@ def measure(model_spec: str, layers: str, num_rollouts: int, response_tokens: in
             "flops": update_flops(trainer.model, layers, tokens, head_tokens)}
 
 
-def _dtype_name(result: dict) -> str:
+def dtype_label(result: dict) -> str:
     """The compute dtype of a stored result as the floor's text names it (results before --dtype: fp32)."""
     name = result.get("dtype", "float32")
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
@@ -177,7 +178,7 @@ def _dtype_name(result: dict) -> str:
 def print_table(result: dict) -> None:
     """The table of a stored result: sampling and update seconds, the floor and peak memory, each against ``all``."""
     threads = result.get("machine", {}).get("threads", "?")
-    print(f"matmul throughput: {result['matmul_gflops']:.1f} GFLOP/s ({_dtype_name(result)}, {threads} threads)")
+    print(f"matmul throughput: {result['matmul_gflops']:.1f} GFLOP/s ({dtype_label(result)}, {threads} threads)")
     print(f"{'layers':>6} {'trainable':>11} {'sample s':>8} {'x all':>5} {'update s':>8} {'x all':>5} "
           f"{'floor s':>7} {'of floor':>8} {'peak MiB':>8} {'x all':>5}")
     for r in result["rows"]:
@@ -196,7 +197,8 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default=None, help="take this sweep preset's train options for --domain")
     ap.add_argument("--domain", default="math")
     ap.add_argument("--layers", default=None, help="comma list of selections (default: first, middle, last, all)")
-    ap.add_argument("--dtype", default="auto", help="onelayer train --dtype: auto (fp32 on CPU), float32, bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=("auto", *DTYPE_NAMES),
+                    help="onelayer train --dtype: auto (fp32 on CPU), float32, bfloat16, ...")
     ap.add_argument("--sample-repeats", type=int, default=3, help="samplings of the same batch (median reported)")
     ap.add_argument("--out", default="results/train_step.json")
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
@@ -213,10 +215,9 @@ def main(argv=None) -> None:
     if "all" not in selections:
         selections.append("all")  # the ratios' reference
     load_before = [round(x, 2) for x in os.getloadavg()]  # a busy machine makes every ratio noise
-    from onelayer.agents.models import choose_dtype
+    from onelayer.agents.models import choose_device, choose_dtype
 
-    compute = choose_dtype(args.dtype, torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu"
-                                                    else "cpu"))
+    compute = choose_dtype(args.dtype, choose_device(args.device))
     gflops = matmul_gflops(dtype=compute)
     rows = []
     for sel in selections:

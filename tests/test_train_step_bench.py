@@ -103,3 +103,13 @@ def test_dtype_reaches_the_trainer_and_the_table_names_it(tiny_model_dirs, tmp_p
     assert "computes in bf16" in table and "measured bf16 matmul throughput, 500.0" in table
     (tmp_path / "ts.json").write_text(json.dumps({"matmul_gflops": 500.0, "rows": [row]}))  # stored before --dtype
     assert "measured fp32 matmul" in res.train_step(tmp_path, "ts.json")
+
+
+def test_an_unknown_dtype_exits_2_before_any_model_loads(capsys):
+    import pytest
+
+    from onelayer.benchmarks.train_step import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--dtype", "float8"])
+    assert e.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
